@@ -1,0 +1,2 @@
+"""repbend: Representation Bending for LLM safety."""
+__version__ = "0.1.0"

@@ -1,0 +1,92 @@
+"""Checkpoints: trainable weights, optimizer, scheduler, RNG states and data position,
+written atomically (a temporary folder renamed into place) so a kill never leaves a
+half-written checkpoint behind."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step-"
+
+
+def trainable_state(model) -> dict:
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary sibling folder to fill and then pass to :func:`commit_dir`."""
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``, replacing an older ``final`` only once ``tmp`` is whole."""
+    old = final.parent / f".old-{final.name}"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, rank_rng: dict, keep: int) -> Path:
+    """Write ``root/step-N``; ``rank_rng`` maps process rank -> RNG state."""
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = atomic_dir(final)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rank_rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    commit_dir(tmp, final)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list:
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple:
+    """Restore weights, optimizer and scheduler; returns (step, {rank: RNG state})."""
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [name for name in weights if name not in params]
+    if missing:
+        raise RuntimeError(f"checkpoint {folder} does not match this model (e.g. {missing[0]})")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng = torch.load(folder / "rng.pt", weights_only=False)
+    step = json.loads((folder / "state.json").read_text())["step"]
+    return step, rng

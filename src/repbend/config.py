@@ -1,0 +1,316 @@
+"""Typed configuration: dataclasses, YAML files and ``key=value`` overrides.
+
+A config file is a YAML mapping whose sections mirror :class:`Config`. Overrides use
+dotted keys (``train.lr=1e-4``, ``loss.target_layers=[10,20]``); a few common keys have
+top-level shortcuts (``output_dir``, ``steps``, ``model``). Unknown keys are errors that
+list the closest valid keys, so a typo never silently trains the wrong recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    # Hub id, local folder, path to a .gguf file, or the alias "smollm2-135m" (embedded).
+    name_or_path: str = "smollm2-135m"
+    gguf_file: Optional[str] = None
+    revision: Optional[str] = None
+    # Build a randomly initialised model from this transformers config dict instead of
+    # loading weights (tests, benchmarks at a given shape). Needs "model_type".
+    random_init: Optional[dict] = None
+    # Tokenizer source when it differs from the model; "byte" is a built-in byte-level
+    # tokenizer with a ChatML template (for random models).
+    tokenizer: Optional[str] = None
+    # A Jinja chat template (text, or a path to a file) for tokenizers that lack one.
+    chat_template: Optional[str] = None
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    trust_remote_code: bool = False
+    seed: int = 42  # for random_init weights
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.05
+    # Module name suffixes inside each decoder block, or "all-linear".
+    target_modules: Union[list, str] = "all-linear"
+    # Which decoder blocks get LoRA: "auto" = blocks 0..max loss layer (SPEC §2),
+    # "all", or an explicit list of block indices.
+    layers: Union[list, str] = "auto"
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""
+    # auto | generic | wildguardmix | wildjailbreak | ultrachat
+    layout: str = "auto"
+    # Restrict a source to some sets (e.g. only "retain"); empty = all it yields.
+    kinds: list = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    sources: list = field(default_factory=list)  # of SourceConfig
+    max_safe: Optional[int] = None
+    max_unsafe_safe: Optional[int] = None
+    max_unsafe_unsafe: Optional[int] = None
+    max_retain: Optional[int] = None
+    seed: int = 0
+    max_prompt_tokens: int = 512  # prompts are cut from the left: the header survives
+    max_response_tokens: int = 512  # responses are cut from the right
+    max_retain_tokens: int = 1024
+    # Sort rows of similar length into the same micro-batch (less padding).
+    group_by_length: bool = False
+
+
+@dataclass
+class LossConfig:
+    method: str = "repbend"
+    # Which tokens the two distance terms read: response_all | prompt_last |
+    # prompt_all | prompt_response.
+    loss_mode: str = "response_all"
+    # Hidden-state indices (0 = embeddings, i = output of block i) for the unsafe and
+    # cosine terms: "auto" scales the recipe's 20..30 of 32 to the model's depth.
+    target_layers: Union[list, str] = "auto"
+    safe_layers: str = "all"  # all | target
+    safe_coef: float = 0.5
+    unsafe_coef: float = 0.5
+    cosine_coef: float = 0.1
+    kl_coef: float = 0.3
+    paired_coef: float = 0.0  # eta
+    paired_positions: int = 20
+    norm: str = "l2"  # l2 (recipe) | squared (the paper's 1/2 ||.||^2)
+    kl_temperature: float = 2.0
+    kl_reduction: str = "batchmean"  # batchmean (recipe) | token_mean
+    cosine_rows: str = "unsafe"  # unsafe (recipe) | unsafe_and_refusal (Algorithm 1)
+    cosine_positions: str = "prompt_last"
+    # Options beyond the recipe (off there): a cap on the unsafe distance so it stops
+    # pushing once far enough, and a refusal cross-entropy term on P_us responses.
+    unsafe_distance_cap: Optional[float] = None
+    refusal_ce_coef: float = 0.0
+    # Leave P_us rows out of the safe distance (they are still used by other terms).
+    safe_includes_refusals: bool = True
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 450
+    micro_batch: int = 4  # items per micro-batch (each item: one row of every set)
+    grad_accum: int = 4
+    lr: float = 1e-5
+    scheduler: str = "constant"  # constant | linear | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    save_every: int = 50
+    keep_checkpoints: int = 1
+    log_every: int = 1
+    # Divergence guard: stop when the unsafe distance exceeds this (None = off).
+    max_unsafe_distance: Optional[float] = None
+    save_merged: bool = False
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/default"
+
+
+# Top-level shortcuts a user types most often.
+ALIASES = {"steps": "train.steps", "lr": "train.lr", "model": "model.name_or_path", "seed": "train.seed"}
+
+
+def _field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation, key: str):
+    """Check and convert ``value`` to ``annotation``; errors name the key and value."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: value {value!r} fits none of {annotation}")
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if annotation in (list, dict) or origin in (list, dict):
+        expected = origin or annotation
+        if isinstance(value, expected):
+            return value
+        raise ConfigError(f"{key}: expected a {expected.__name__}, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in types_:
+            raise ConfigError(_unknown_key(full, _all_keys(cls, prefix)))
+        annotation = types_[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value or {}, f"{full}.")
+        elif (cls.__name__, key) in _LIST_FIELDS:
+            item_cls = _LIST_FIELDS[(cls.__name__, key)]
+            if not isinstance(value, list):
+                raise ConfigError(f"{full}: expected a list, got {value!r}")
+            kwargs[key] = [
+                item if isinstance(item, item_cls) else _build(item_cls, item, f"{full}[{i}].")
+                for i, item in enumerate(value)
+            ]
+        else:
+            kwargs[key] = _coerce(value, annotation, full)
+    return cls(**kwargs)
+
+
+_LIST_FIELDS = {("DataConfig", "sources"): SourceConfig}
+
+
+def _all_keys(cls, prefix: str = "") -> list:
+    keys = []
+    for name, annotation in _field_types(cls).items():
+        if dataclasses.is_dataclass(annotation):
+            keys += _all_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _unknown_key(key: str, valid: list) -> str:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown config key {key!r}{hint}"
+
+
+def parse_override(text: str) -> tuple:
+    """``a.b=value`` -> ("a.b", parsed value); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = ALIASES.get(key.strip(), key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: cannot read value: {error}") from None
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: list) -> dict:
+    """Apply ``key=value`` overrides to a raw (not yet typed) config mapping."""
+    valid = _all_keys(Config)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in valid and not any(v.startswith(key + ".") for v in valid):
+            raise ConfigError(_unknown_key(key, valid + list(ALIASES)))
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: Optional[str | Path] = None, overrides: tuple | list = ()) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = _resolve_paths(data, path.parent)
+    data = apply_overrides(data, list(overrides))
+    try:
+        return _build(Config, data, "")
+    except ConfigError as error:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{error}") from None
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Relative data-source paths in a config file are relative to the repository root
+    when they exist there, else to the config file's folder."""
+    for source in (data.get("data") or {}).get("sources") or []:
+        if isinstance(source, dict) and source.get("path"):
+            candidate = Path(source["path"])
+            if not candidate.is_absolute() and not candidate.exists():
+                beside = base / candidate
+                if beside.exists():
+                    source["path"] = str(beside)
+    return data
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,73 @@
+"""Render examples with the model's chat template into token ids with span boundaries.
+
+A rendered row is ``prompt_ids + response_ids``: the prompt is the conversation up to
+and including the assistant header (``add_generation_prompt=True``), the response is
+what the template puts after it for the assistant turn (the text and the end-of-turn
+marker). Prompts are cut from the left so the assistant header, the position the
+``prompt_last`` mode and the cosine term read, always survives; responses from the right.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import DataError
+from .examples import RETAIN, Example
+
+
+@dataclass(frozen=True)
+class Rendered:
+    input_ids: tuple
+    prompt_len: int  # tokens [0, prompt_len) are prompt, the rest response
+    kind: str
+    pair_id: str | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _template(tokenizer, messages, source: str, **kwargs) -> str:
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs)
+    except Exception as error:  # jinja raises its own types, e.g. for unsupported roles
+        raise DataError(f"the chat template cannot render this row: {error}", file=source) from None
+
+
+def _ids(tokenizer, text: str) -> list:
+    # The template already wrote any BOS it wants as text.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_example(
+    tokenizer, example: Example, *, max_prompt_tokens: int, max_response_tokens: int, max_retain_tokens: int
+) -> Rendered:
+    if example.kind == RETAIN:
+        text = _template(tokenizer, example.messages, example.source)
+        ids = _ids(tokenizer, text)[:max_retain_tokens]
+        return Rendered(tuple(ids), 0, example.kind, example.pair_id, example.source)
+    prompt_text = _template(tokenizer, example.messages, example.source, add_generation_prompt=True)
+    full_text = _template(
+        tokenizer, list(example.messages) + [{"role": "assistant", "content": example.response}], example.source
+    )
+    if full_text.startswith(prompt_text):
+        response_text = full_text[len(prompt_text) :]
+    else:  # templates that rewrite earlier turns once an answer follows (e.g. reasoning)
+        response_text = example.response + (tokenizer.eos_token or "")
+    prompt_ids = _ids(tokenizer, prompt_text)[-max_prompt_tokens:]
+    response_ids = _ids(tokenizer, response_text)[:max_response_tokens]
+    if not response_ids:
+        raise DataError("the response renders to no tokens", file=example.source, field="response", value=example.response)
+    return Rendered(tuple(prompt_ids + response_ids), len(prompt_ids), example.kind, example.pair_id, example.source)
+
+
+def render_all(tokenizer, examples, data_config) -> list:
+    return [
+        render_example(
+            tokenizer,
+            example,
+            max_prompt_tokens=data_config.max_prompt_tokens,
+            max_response_tokens=data_config.max_response_tokens,
+            max_retain_tokens=data_config.max_retain_tokens,
+        )
+        for example in examples
+    ]

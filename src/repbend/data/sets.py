@@ -1,0 +1,141 @@
+"""The four training sets (SPEC §1): read sources, deduplicate, cap, save and load.
+
+Capping samples with ``random.Random`` seeded from the data seed (string seeds hash with
+SHA-512, not ``hash()``), so the sets do not depend on PYTHONHASHSEED. Rows come back in
+their reading order. P_us and P_uu rows that share a ``pair_id`` are sampled by pair, so
+the paired term still finds both halves after capping.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from ..config import DataConfig, SourceConfig
+from ..errors import DataError
+from .examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE, Example
+from .readers import read_records, read_source
+
+PAIRED_KINDS = (UNSAFE_SAFE, UNSAFE_UNSAFE)
+
+
+def caps_from_config(data_config: DataConfig) -> dict[str, int | None]:
+    """The per-kind row caps of a :class:`DataConfig` (None = no cap)."""
+    return {
+        SAFE: data_config.max_safe,
+        UNSAFE_SAFE: data_config.max_unsafe_safe,
+        UNSAFE_UNSAFE: data_config.max_unsafe_unsafe,
+        RETAIN: data_config.max_retain,
+    }
+
+
+def build_sets(
+    sources: list[SourceConfig], caps: dict[str, int | None], seed: int
+) -> dict[str, list[Example]]:
+    """Read every source into the four sets, drop exact duplicates and apply the caps."""
+    sets: dict[str, list[Example]] = {kind: [] for kind in KINDS}
+    for source in sources:
+        for example in read_source(source):
+            sets[example.kind].append(example)
+    sets = {kind: _deduplicate(rows) for kind, rows in sets.items()}
+    return _apply_caps(sets, caps, seed)
+
+
+def _deduplicate(rows: list[Example]) -> list[Example]:
+    seen: set[tuple] = set()
+    unique = []
+    for row in rows:
+        key = (json.dumps(row.messages, sort_keys=True), row.response)
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
+def _apply_caps(
+    sets: dict[str, list[Example]], caps: dict[str, int | None], seed: int
+) -> dict[str, list[Example]]:
+    # A pair counts only when both halves exist; a lone half is sampled like any row.
+    pair_ids = sorted(
+        {row.pair_id for row in sets[UNSAFE_SAFE] if row.pair_id}
+        & {row.pair_id for row in sets[UNSAFE_UNSAFE] if row.pair_id}
+    )
+    pair_rng = random.Random(f"{seed}/pairs")
+    pair_priority = {pair_id: pair_rng.random() for pair_id in pair_ids}
+    priorities = {}
+    for kind in KINDS:
+        rng = random.Random(f"{seed}/{kind}")
+        priorities[kind] = [
+            pair_priority[row.pair_id] if row.pair_id in pair_priority else rng.random()
+            for row in sets[kind]
+        ]
+    capped = {
+        kind: rows for kind, rows in sets.items() if caps.get(kind) is not None and len(rows) > caps[kind]
+    }
+    # Both paired sets keep the same pairs: as many as the stricter sample would take.
+    kept_pairs = set(pair_ids)
+    for kind in PAIRED_KINDS:
+        if kind in capped:
+            ranked = sorted(range(len(sets[kind])), key=lambda i: (priorities[kind][i], i))
+            taken = {sets[kind][i].pair_id for i in ranked[: caps[kind]]}
+            kept_pairs &= taken
+    result = {}
+    for kind, rows in sets.items():
+        if kind not in capped:
+            result[kind] = list(rows)
+            continue
+        ranked = sorted(range(len(rows)), key=lambda i: (priorities[kind][i], i))
+        in_kept_pair = [i for i in ranked if rows[i].pair_id in kept_pairs]
+        unpaired = [i for i in ranked if rows[i].pair_id not in pair_priority]
+        # Dropped pairs fill the cap only when unpaired rows run out.
+        other_pairs = [i for i in ranked if rows[i].pair_id in pair_priority.keys() - kept_pairs]
+        chosen = (in_kept_pair + unpaired + other_pairs)[: caps[kind]]
+        result[kind] = [rows[i] for i in sorted(chosen)]
+    return result
+
+
+def require_sets(
+    sets: dict[str, list[Example]], needed: list[str], sources: list[SourceConfig]
+) -> None:
+    """Raise :class:`DataError` when a set the method needs came out empty."""
+    for kind in needed:
+        if not sets.get(kind):
+            listed = ", ".join(f"{source.path} ({source.layout})" for source in sources) or "none"
+            raise DataError(f"the {kind} set is empty after filtering (sources: {listed})")
+
+
+def save_sets(sets: dict[str, list[Example]], folder: str | Path) -> None:
+    """Write one ``<kind>.jsonl`` per kind (empty sets too), each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind in KINDS:
+        path = folder / f"{kind}.jsonl"
+        tmp = folder / f".{kind}.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for example in sets.get(kind, []):
+                handle.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+
+
+def load_sets(folder: str | Path) -> dict[str, list[Example]]:
+    """Read the sets :func:`save_sets` wrote."""
+    folder = Path(folder)
+    sets = {}
+    for kind in KINDS:
+        path = folder / f"{kind}.jsonl"
+        if not path.is_file():
+            raise DataError(f"saved set {path} is missing; rebuild the data sets")
+        rows = []
+        for location, record in read_records(path):
+            try:
+                example = Example.from_dict(record)
+            except (KeyError, TypeError, ValueError) as error:
+                raise DataError(f"not a saved example: {error}", file=location.file, line=location.line) from None
+            if example.kind != kind:
+                raise DataError(
+                    f"a {example.kind} row in the {kind} set", file=location.file, line=location.line
+                )
+            rows.append(example)
+        sets[kind] = rows
+    return sets

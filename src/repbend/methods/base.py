@@ -1,0 +1,129 @@
+"""What every training method shares: the forward runner, the method interface, the registry.
+
+A method is a loss on the one training loop (``repbend.train``). It declares which data
+streams and hidden-state layers it reads, and computes its loss through a
+:class:`Runner`, which runs the LoRA model or the frozen model (the same weights with the
+adapter disabled, under ``no_grad``) and returns only what the loss reads: the selected
+tokens of the requested layers, and logits only at the requested positions.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import LossConfig
+from ..errors import ConfigError
+from ..models import decoder_of, lm_head_logits
+
+
+@dataclass
+class Forward:
+    hidden: torch.Tensor | None  # [L, N, D] selected tokens of the requested layers
+    logits: torch.Tensor | None  # [M, V] at the requested logit positions
+
+
+@dataclass
+class TokenCounter:
+    real: int = 0
+    processed: int = 0
+
+
+class Runner:
+    """Runs one model (LoRA on, or off as the frozen reference) on a batch."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.decoder = decoder_of(model)
+        self.tokens = TokenCounter()
+
+    def forward(
+        self,
+        batch,
+        *,
+        layers: list | tuple = (),
+        token_mask: torch.Tensor | None = None,
+        logit_mask: torch.Tensor | None = None,
+        frozen: bool = False,
+    ) -> Forward:
+        """``layers``: hidden-state indices (0 = embeddings). ``token_mask`` [B, T] picks the
+        tokens whose hidden states come back; ``logit_mask`` [B, T] the positions whose
+        logits come back (the LM head runs on those rows of the last hidden state only)."""
+        if frozen:
+            adapter_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+            grad = torch.no_grad()
+        else:
+            adapter_off, grad = nullcontext(), nullcontext()
+        self.tokens.real += batch.real_tokens
+        self.tokens.processed += batch.processed_tokens
+        with adapter_off, grad:
+            output = self.decoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask.long(),
+                output_hidden_states=bool(layers),
+                use_cache=False,
+            )
+            hidden = None
+            if layers:
+                states = output.hidden_states
+                hidden = torch.stack([states[index][token_mask] for index in layers])
+            logits = None
+            if logit_mask is not None:
+                logits = lm_head_logits(self.model, output.last_hidden_state[logit_mask])
+        return Forward(hidden, logits)
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    terms: dict = field(default_factory=dict)  # name -> float (detached), for logging
+
+
+class Method:
+    """A training loss. Subclasses set ``name`` and ``streams``, and implement ``loss``."""
+
+    name: str = ""
+    # Data streams read each micro-batch: any of safe, unsafe, retain, pairs.
+    streams: tuple = ("safe", "unsafe", "retain")
+
+    def __init__(self, config: LossConfig, num_blocks: int):
+        self.config = config
+        self.num_blocks = num_blocks
+
+    @property
+    def loss_layers(self) -> list:
+        """Hidden-state indices the loss reads; LoRA adapts blocks up to the largest."""
+        return []
+
+    def loss(self, runner: Runner, batches: dict) -> LossOutput:
+        raise NotImplementedError
+
+
+METHODS: dict = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(config: LossConfig, num_blocks: int) -> Method:
+    if config.method not in METHODS:
+        raise ConfigError(f"loss.method {config.method!r} is unknown; available: {', '.join(sorted(METHODS))}")
+    return METHODS[config.method](config, num_blocks)
+
+
+class TrainingModule(nn.Module):
+    """The LoRA model and its method as one module, so a distributed wrapper sees a single
+    forward per micro-batch however many passes the loss makes inside it."""
+
+    def __init__(self, model: nn.Module, method: Method):
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.runner = Runner(model)
+
+    def forward(self, batches: dict) -> LossOutput:
+        return self.method.loss(self.runner, batches)

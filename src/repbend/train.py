@@ -1,0 +1,265 @@
+"""The one training loop every method runs on (accelerate: devices, processes, precision).
+
+Per optimizer step it runs ``grad_accum`` micro-batches, clips, steps, and appends one
+line to ``metrics.jsonl`` (each loss term, total, grad norm, lr, tokens, tokens/s). It
+checkpoints every ``save_every`` steps, resumes exactly (weights, optimizer, scheduler,
+RNG, data position), and stops with :class:`TrainingDiverged` on a non-finite loss or
+gradient or an unsafe distance beyond the configured bound, keeping the last good
+checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_dir, commit_dir, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, save_config
+from .data.collate import MicroBatches, pair_rows
+from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
+from .data.render import render_all
+from .data.sets import build_sets, caps_from_config, require_sets
+from .errors import ConfigError, TrainingDiverged
+from .methods import TrainingModule, build_method
+from .models import attach_lora, drop_quantizer, find_blocks, load_model, load_tokenizer, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path
+    steps: int
+    last_metrics: dict
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """accelerate's mixed_precision value: bf16 where the hardware does it natively."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "no"
+    mapping = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+    if precision not in mapping:
+        raise ConfigError(f"train.precision: {precision!r} is not one of auto, fp32, bf16, fp16")
+    return mapping[precision]
+
+
+def build_streams(config: Config, tokenizer, method) -> dict:
+    """The four sets of SPEC §1 rendered, arranged into the streams the method reads:
+    safe = P_s + P_us, unsafe = P_uu, retain, and pairs (P_uu, P_us with one prompt),
+    whose rows then leave the safe and unsafe streams."""
+    sets = build_sets(config.data.sources, caps_from_config(config.data), config.data.seed)
+    needed = [kind for stream, kind in (("unsafe", UNSAFE_UNSAFE), ("retain", RETAIN)) if stream in method.streams]
+    require_sets(sets, needed, config.data.sources)
+    if "safe" in method.streams and not (sets[SAFE] or sets[UNSAFE_SAFE]):
+        require_sets(sets, [SAFE], config.data.sources)
+    rendered = {kind: render_all(tokenizer, rows, config.data) for kind, rows in sets.items()}
+    refusals, unsafe_rows = rendered[UNSAFE_SAFE], rendered[UNSAFE_UNSAFE]
+    streams = {}
+    if "pairs" in method.streams:
+        unpaired, pairs = pair_rows(refusals + unsafe_rows)
+        if not pairs:
+            raise ConfigError("loss.paired_coef > 0 needs P_us/P_uu rows that share a pair_id; the data has none")
+        streams["pairs"] = pairs
+        refusals = [row for row in unpaired if row.kind == UNSAFE_SAFE]
+        unsafe_rows = [row for row in unpaired if row.kind == UNSAFE_UNSAFE]
+    named = {"safe": rendered[SAFE] + refusals, "unsafe": unsafe_rows, "retain": rendered[RETAIN]}
+    streams.update({name: rows for name, rows in named.items() if name in method.streams})
+    return streams
+
+
+class MetricsLog:
+    """``metrics.jsonl``, one JSON line per optimizer step; a resumed run first drops the
+    lines past its checkpoint so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, keep_through_step: int):
+        self.path = path
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= keep_through_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain lines (about twenty per run) elsewhere, e.g. CI."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self.interactive = enabled and sys.stderr.isatty()
+        self.every = max(1, total // 20)
+        self.bar = None
+        if self.interactive:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, record: dict) -> None:
+        summary = {k: round(v, 4) for k, v in record.items() if k in ("total", "safe_distance", "unsafe_distance", "kl")}
+        if self.bar is not None:
+            self.bar.set_postfix(summary, refresh=False)
+            self.bar.update(1)
+        elif self.enabled and (step % self.every == 0 or step == self.total):
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(config: Config, resume: bool = False, progress: bool = True) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    t = config.train
+    out = Path(config.output_dir)
+    checkpoints = out / "checkpoints"
+    if not resume and list_checkpoints(checkpoints):
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another output_dir")
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    device = resolve_device(config.model.device)
+    accelerator = Accelerator(mixed_precision=resolve_precision(t.precision, device), cpu=device.type == "cpu")
+    if accelerator.is_main_process:
+        save_config(config, out / "config.yaml")
+
+    set_seed(t.seed)
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, tokenizer)
+    method = build_method(config.loss, find_blocks(model).count)
+    streams = build_streams(config, tokenizer, method)
+    set_seed(t.seed)  # LoRA's initial weights do not depend on how data loading went
+    model = attach_lora(model, config.lora, method.loss_layers)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batches = MicroBatches(
+        streams, t.micro_batch, config.data.seed, tokenizer.pad_token_id, config.data.group_by_length,
+        rank=accelerator.process_index, world=accelerator.num_processes,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps)
+    module, optimizer = accelerator.prepare(TrainingModule(model, method), optimizer)
+    runner = accelerator.unwrap_model(module).runner
+
+    start = 0
+    if resume:
+        found = list_checkpoints(checkpoints)
+        if found:
+            start, rng = load_checkpoint(found[-1], model, optimizer, scheduler)
+            set_rng_state(rng[accelerator.process_index])
+            log.info("resumed from %s", found[-1])
+    metrics = MetricsLog(out / "metrics.jsonl", start) if accelerator.is_main_process else None
+    bar = Progress(t.steps, start, progress and accelerator.is_main_process)
+    record: dict = {}
+    try:
+        for step in range(start + 1, t.steps + 1):
+            record = _train_step(step, t, batches, module, optimizer, scheduler, params, runner, accelerator)
+            if metrics is not None:
+                metrics.write(record)
+            bar.update(step, record)
+            if step % t.save_every == 0 or step == t.steps:
+                _save(checkpoints, step, model, optimizer, scheduler, t.keep_checkpoints, accelerator)
+    finally:
+        bar.close()
+
+    adapter_dir = out / "adapter"
+    if accelerator.is_main_process:
+        tmp = atomic_dir(adapter_dir)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        commit_dir(tmp, adapter_dir)
+        if t.save_merged:
+            save_merged(model, tokenizer, out / "merged")
+    accelerator.wait_for_everyone()
+    return TrainResult(out, adapter_dir, t.steps, record)
+
+
+def _train_step(step, t, batches, module, optimizer, scheduler, params, runner, accelerator) -> dict:
+    started = time.perf_counter()
+    tokens_before = (runner.tokens.real, runner.tokens.processed)
+    sums: dict = {}
+    for micro in range(t.grad_accum):
+        micro_batch = {name: batch.to(accelerator.device) for name, batch in batches((step - 1) * t.grad_accum + micro).items()}
+        sync = micro == t.grad_accum - 1
+        with nullcontext() if sync else accelerator.no_sync(module):
+            with accelerator.autocast():
+                output = module(micro_batch)
+            if not torch.isfinite(output.total):
+                raise TrainingDiverged(_diverged(step, f"the loss is {float(output.total)}", output.terms))
+            accelerator.backward(output.total / t.grad_accum)
+        for name, value in {"total": float(output.total.detach()), **output.terms}.items():
+            sums[name] = sums.get(name, 0.0) + value / t.grad_accum
+    if accelerator.num_processes > 1:
+        names = sorted(sums)
+        reduced = accelerator.reduce(torch.tensor([sums[n] for n in names], device=accelerator.device), "mean")
+        sums = dict(zip(names, reduced.tolist()))
+    grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else math.inf)
+    grad_norm = float(grad_norm)
+    if not math.isfinite(grad_norm):
+        raise TrainingDiverged(_diverged(step, f"the gradient norm is {grad_norm}", sums))
+    if t.max_unsafe_distance is not None and sums.get("unsafe_distance", 0.0) > t.max_unsafe_distance:
+        raise TrainingDiverged(
+            _diverged(step, f"the unsafe distance {sums['unsafe_distance']:.4g} exceeds train.max_unsafe_distance={t.max_unsafe_distance}", sums)
+        )
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - started
+    real = runner.tokens.real - tokens_before[0]
+    processed = runner.tokens.processed - tokens_before[1]
+    return {
+        "step": step,
+        **sums,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "tokens": real,
+        "processed_tokens": processed,
+        "tokens_per_s": real / elapsed if elapsed > 0 else 0.0,
+        "seconds": elapsed,
+    }
+
+
+def _diverged(step: int, what: str, terms: dict) -> str:
+    detail = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+    return f"training diverged at step {step}: {what} ({detail}); the last good checkpoint is kept"
+
+
+def _save(root, step, model, optimizer, scheduler, keep, accelerator) -> None:
+    states = accelerator.gather_for_metrics([rng_state()], use_gather_object=True) if accelerator.num_processes > 1 else [rng_state()]
+    if accelerator.is_main_process:
+        save_checkpoint(root, step, model, optimizer, scheduler, dict(enumerate(states)), keep)
+    accelerator.wait_for_everyone()
+
+
+def save_merged(model, tokenizer, folder: Path) -> None:
+    """Merge LoRA into the base weights and save plain safetensors that
+    ``AutoModelForCausalLM.from_pretrained`` loads."""
+    merged = model.merge_and_unload()
+    drop_quantizer(merged)
+    tmp = atomic_dir(folder)
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    commit_dir(tmp, folder)
