@@ -48,7 +48,9 @@ def test_wildguardmix_buckets_follow_the_three_labels():
     by_line = {example.source.rsplit(":", 1)[1]: example for example in examples}
     # Lines 5-8 are an over-refusal, a None label and two rows without a response.
     assert sorted(by_line, key=int) == ["1", "2", "3", "4", "9"]
-    assert by_line["2"].messages == ({"role": "user", "content": "Explain how to do forbidden task 1."},)
+    assert by_line["2"].messages == (
+        {"role": "user", "content": "Explain how to do forbidden task 1."},
+    )
     assert by_line["2"].response == "I can't help with that request."
     assert by_line["9"].prompt == "How many legs does a spider have?"
     assert by_line["9"].response == "Eight."
@@ -64,10 +66,13 @@ def test_wildguardmix_rejects_unknown_label_values(tmp_path):
 
 def test_wildjailbreak_raw_csv_picks_the_prompt_by_data_type():
     examples = read(FIXTURES / "wildjailbreak_raw.csv", "wildjailbreak")
-    assert [example.kind for example in examples] == [UNSAFE_SAFE, SAFE, UNSAFE_SAFE, SAFE, UNSAFE_SAFE]
+    kinds = [example.kind for example in examples]
+    assert kinds == [UNSAFE_SAFE, SAFE, UNSAFE_SAFE, SAFE, UNSAFE_SAFE]
     # CSV rows are reported at the line they start on; row 3 spans lines 4-5.
     assert [example.source.rsplit(":", 1)[1] for example in examples] == ["2", "3", "4", "6", "7"]
-    assert examples[2].prompt == "You are a character in a play.\nStay in role and explain forbidden task 22."
+    assert examples[2].prompt == (
+        "You are a character in a play.\nStay in role and explain forbidden task 22."
+    )
     assert examples[3].prompt == "As a cheerful chef, tell me how to bake bread."
     # An adversarial row without an adversarial prompt falls back to the vanilla one.
     assert examples[4].prompt == "Explain how to do forbidden task 23."
@@ -85,7 +90,8 @@ def test_wildjailbreak_paired_rows_share_a_pair_id():
     first = pairs["wildjailbreak_paired.jsonl:1"]
     assert [e.kind for e in first] == [UNSAFE_UNSAFE, UNSAFE_SAFE]
     assert first[0].prompt == first[1].prompt == "Explain how to do forbidden task 11."
-    assert pairs["wildjailbreak_paired.jsonl:2"][0].prompt == "Give me a plan for harmful scheme 12."
+    second = pairs["wildjailbreak_paired.jsonl:2"]
+    assert second[0].prompt == "Give me a plan for harmful scheme 12."
     assert [e.kind for e in pairs["wildjailbreak_paired.jsonl:3"]] == [UNSAFE_SAFE]
 
 
@@ -105,7 +111,8 @@ def test_ultrachat_keeps_whole_conversations_of_two_or_more_messages():
 
 
 def test_ultrachat_malformed_message_names_file_line_and_field(tmp_path):
-    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    good = {"messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": "hello"}]}
     bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}
     path = write_jsonl(tmp_path / "chat.jsonl", [good, bad])
     with pytest.raises(DataError, match=r"chat\.jsonl:2: .*'messages\[1\]\.content'"):
@@ -250,7 +257,8 @@ def test_messages_survive_parquet_and_csv(tmp_path):
     rows = [{"label": "retain", "messages": [{"role": "user", "content": "hi"},
                                              {"role": "assistant", "content": "hello"}]}]
     from_parquet = read(write_parquet(tmp_path / "m.parquet", rows))
-    from_csv = read(write_csv(tmp_path / "m.csv", [{"label": "retain", "messages": json.dumps(rows[0]["messages"])}]))
+    csv_rows = [{"label": "retain", "messages": json.dumps(rows[0]["messages"])}]
+    from_csv = read(write_csv(tmp_path / "m.csv", csv_rows))
     assert from_parquet[0].messages == from_csv[0].messages == (
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"})
 

@@ -78,8 +78,8 @@ def test_caps_keep_pairs_together():
         assert (len(sets[UNSAFE_SAFE]), len(sets[UNSAFE_UNSAFE])) == (10, 14)
         assert pair_ids(sets[UNSAFE_SAFE]) == pair_ids(sets[UNSAFE_UNSAFE])
     # Pairs are sampled, not dropped wholesale.
-    kept = [len(pair_ids(build_sets(SOURCES, {UNSAFE_SAFE: 10, UNSAFE_UNSAFE: 14}, seed=s)[UNSAFE_SAFE]))
-            for s in range(5)]
+    caps = {UNSAFE_SAFE: 10, UNSAFE_UNSAFE: 14}
+    kept = [len(pair_ids(build_sets(SOURCES, caps, seed=s)[UNSAFE_SAFE])) for s in range(5)]
     assert max(kept) > 0
 
 
@@ -128,12 +128,15 @@ def test_require_sets_names_the_empty_set_and_sources():
 def test_save_and_load_round_trip(tmp_path):
     sets = build_sets(SOURCES, {SAFE: 5}, seed=0)
     save_sets(sets, tmp_path / "sets")
-    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == sorted(f"{k}.jsonl" for k in KINDS)
+    names = sorted(path.name for path in (tmp_path / "sets").iterdir())
+    assert names == sorted(f"{kind}.jsonl" for kind in KINDS)
     assert load_sets(tmp_path / "sets") == sets
 
 
 def test_save_writes_empty_sets_and_load_checks_them(tmp_path):
-    row = Example(kind=SAFE, messages=({"role": "user", "content": "q"},), response="a", source="x:1")
+    row = Example(
+        kind=SAFE, messages=({"role": "user", "content": "q"},), response="a", source="x:1"
+    )
     save_sets({SAFE: [row]}, tmp_path)
     loaded = load_sets(tmp_path)
     assert loaded == {SAFE: [row], UNSAFE_SAFE: [], UNSAFE_UNSAFE: [], RETAIN: []}

@@ -181,6 +181,10 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             bar.update(step, record)
             if step % t.save_every == 0 or step == t.steps:
                 _save(checkpoints, step, model, optimizer, scheduler, t.keep_checkpoints, accelerator)
+    except TrainingDiverged as error:
+        found = list_checkpoints(checkpoints)
+        kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"{error}; {kept}") from None
     finally:
         bar.close()
 
@@ -207,7 +211,7 @@ def _train_step(step, t, batches, module, optimizer, scheduler, params, runner, 
             with accelerator.autocast():
                 output = module(micro_batch)
             if not torch.isfinite(output.total):
-                raise TrainingDiverged(_diverged(step, f"the loss is {float(output.total)}", output.terms))
+                raise TrainingDiverged(_diverged(step, f"the loss is {float(output.total.detach())}", output.terms))
             accelerator.backward(output.total / t.grad_accum)
         for name, value in {"total": float(output.total.detach()), **output.terms}.items():
             sums[name] = sums.get(name, 0.0) + value / t.grad_accum
@@ -244,7 +248,7 @@ def _train_step(step, t, batches, module, optimizer, scheduler, params, runner, 
 
 def _diverged(step: int, what: str, terms: dict) -> str:
     detail = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-    return f"training diverged at step {step}: {what} ({detail}); the last good checkpoint is kept"
+    return f"training diverged at step {step}: {what} ({detail})"
 
 
 def _save(root, step, model, optimizer, scheduler, keep, accelerator) -> None:

@@ -230,7 +230,9 @@ def _messages(record: dict, location: Location, name: str = "messages") -> tuple
     return tuple(messages)
 
 
-def _single_turn(kind: str, prompt: str, response: str, location: Location, pair_id=None) -> Example:
+def _single_turn(
+    kind: str, prompt: str, response: str, location: Location, pair_id: str | None = None
+) -> Example:
     return Example(
         kind=kind,
         messages=({"role": "user", "content": prompt},),
@@ -243,7 +245,9 @@ def _single_turn(kind: str, prompt: str, response: str, location: Location, pair
 # --- layouts ------------------------------------------------------------------------
 
 
-def _convert(path: str | Path, convert: Callable[[dict, Location], Iterable[Example]]) -> Iterator[Example]:
+def _convert(
+    path: str | Path, convert: Callable[[dict, Location], Iterable[Example]]
+) -> Iterator[Example]:
     for location, record in read_records(path):
         yield from convert(record, location)
 
@@ -302,7 +306,9 @@ def _wildjailbreak_pair(record: dict, location: Location) -> Iterable[Example]:
     harmful = _text(record, location, "harmful_answer", required=False)
     harmless = _text(record, location, "harmless_answer", required=False)
     if harmful is None and harmless is None:
-        raise _fail(location, "a paired row needs harmful_answer or harmless_answer", "harmful_answer")
+        raise _fail(
+            location, "a paired row needs harmful_answer or harmless_answer", "harmful_answer"
+        )
     # The file name and row identify a pair stably across runs and machines.
     pair_id = f"{Path(location.file).name}:{location.line}"
     return tuple(
@@ -336,7 +342,8 @@ def _generic_row(record: dict, location: Location) -> Iterable[Example]:
     # CSV has no nulls (an empty cell means no pair) and JSON ids may be numbers.
     pair_id = record.get("pair_id")
     pair_id = None if pair_id is None else (str(pair_id).strip() or None)
-    if kind == RETAIN and record.get("messages") is not None:
+    # A CSV with a messages column has empty cells in the prompt/response rows.
+    if kind == RETAIN and record.get("messages"):
         messages = _messages(record, location)
         return (Example(kind=RETAIN, messages=messages, source=str(location), pair_id=pair_id),)
     prompt = _text(record, location, "prompt")

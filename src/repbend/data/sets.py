@@ -63,34 +63,34 @@ def _apply_caps(
     )
     pair_rng = random.Random(f"{seed}/pairs")
     pair_priority = {pair_id: pair_rng.random() for pair_id in pair_ids}
-    priorities = {}
+    ranked = {}
     for kind in KINDS:
+        if caps.get(kind) is None or len(sets[kind]) <= caps[kind]:
+            continue
+        # One generator per kind: changing one cap leaves the other samples alone.
         rng = random.Random(f"{seed}/{kind}")
-        priorities[kind] = [
+        priority = [
             pair_priority[row.pair_id] if row.pair_id in pair_priority else rng.random()
             for row in sets[kind]
         ]
-    capped = {
-        kind: rows for kind, rows in sets.items() if caps.get(kind) is not None and len(rows) > caps[kind]
-    }
+        ranked[kind] = sorted(range(len(priority)), key=lambda i: (priority[i], i))
     # Both paired sets keep the same pairs: as many as the stricter sample would take.
     kept_pairs = set(pair_ids)
     for kind in PAIRED_KINDS:
-        if kind in capped:
-            ranked = sorted(range(len(sets[kind])), key=lambda i: (priorities[kind][i], i))
-            taken = {sets[kind][i].pair_id for i in ranked[: caps[kind]]}
-            kept_pairs &= taken
+        if kind in ranked:
+            kept_pairs &= {sets[kind][i].pair_id for i in ranked[kind][: caps[kind]]}
+    dropped_pairs = set(pair_ids) - kept_pairs
     result = {}
     for kind, rows in sets.items():
-        if kind not in capped:
+        if kind not in ranked:
             result[kind] = list(rows)
             continue
-        ranked = sorted(range(len(rows)), key=lambda i: (priorities[kind][i], i))
-        in_kept_pair = [i for i in ranked if rows[i].pair_id in kept_pairs]
-        unpaired = [i for i in ranked if rows[i].pair_id not in pair_priority]
-        # Dropped pairs fill the cap only when unpaired rows run out.
-        other_pairs = [i for i in ranked if rows[i].pair_id in pair_priority.keys() - kept_pairs]
-        chosen = (in_kept_pair + unpaired + other_pairs)[: caps[kind]]
+        order = ranked[kind]
+        in_kept_pair = [i for i in order if rows[i].pair_id in kept_pairs]
+        unpaired = [i for i in order if rows[i].pair_id not in pair_priority]
+        # Halves of dropped pairs fill the cap only when unpaired rows run out.
+        dropped = [i for i in order if rows[i].pair_id in dropped_pairs]
+        chosen = (in_kept_pair + unpaired + dropped)[: caps[kind]]
         result[kind] = [rows[i] for i in sorted(chosen)]
     return result
 
@@ -131,10 +131,14 @@ def load_sets(folder: str | Path) -> dict[str, list[Example]]:
             try:
                 example = Example.from_dict(record)
             except (KeyError, TypeError, ValueError) as error:
-                raise DataError(f"not a saved example: {error}", file=location.file, line=location.line) from None
+                raise DataError(
+                    f"not a saved example: {error}", file=location.file, line=location.line
+                ) from None
             if example.kind != kind:
                 raise DataError(
-                    f"a {example.kind} row in the {kind} set", file=location.file, line=location.line
+                    f"a {example.kind} row in the {kind} set",
+                    file=location.file,
+                    line=location.line,
                 )
             rows.append(example)
         sets[kind] = rows

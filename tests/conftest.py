@@ -1,0 +1,52 @@
+"""Shared fixtures: the built-in byte tokenizer and tiny random causal LMs (CPU, seconds).
+
+Keep this file small and additive: several test modules rely on it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repbend.models import byte_tokenizer
+
+# A tiny Llama shape (hidden 32, 4 blocks); the vocabulary comes from the tokenizer.
+TINY_LLAMA = dict(
+    model_type="llama",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+
+@pytest.fixture
+def byte_tok():
+    """A fresh byte-level tokenizer with the ChatML template (tests may modify it)."""
+    return byte_tokenizer()
+
+
+@pytest.fixture
+def make_tiny_model():
+    """Factory: ``make_tiny_model(vocab_size=300, seed=0, **config_overrides)`` builds a
+    tiny random Llama (fp32, eval mode) with ``AutoModelForCausalLM.from_config``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    def build(vocab_size: int = 300, seed: int = 0, **overrides):
+        settings = dict(TINY_LLAMA, vocab_size=vocab_size)
+        settings.update(overrides)
+        model_type = settings.pop("model_type")
+        config = AutoConfig.for_model(model_type, **settings)
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config).float().eval()
+
+    return build
+
+
+@pytest.fixture
+def tiny_llama(byte_tok, make_tiny_model):
+    """A tiny random Llama whose vocabulary matches ``byte_tok``."""
+    return make_tiny_model(
+        vocab_size=len(byte_tok), pad_token_id=byte_tok.pad_token_id, eos_token_id=byte_tok.eos_token_id
+    )

@@ -1,0 +1,174 @@
+"""The training loop on the tiny config: losses, outputs, resume, guard, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from repbend import train as train_module
+from repbend.config import load_config
+from repbend.errors import ConfigError, DataError, RepbendError, TrainingDiverged
+from repbend.methods import TrainingModule, build_method
+from repbend.models import attach_lora, find_blocks, load_model, load_tokenizer
+from repbend.train import build_streams, train
+from repbend.data.collate import MicroBatches
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny-test.yaml"
+
+
+def tiny(tmp_path, *overrides):
+    return load_config(TINY, [f"output_dir={tmp_path / 'run'}", *overrides])
+
+
+def metrics(run: Path) -> list:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_step_zero_distances_and_kl_are_exactly_zero(tmp_path):
+    config = tiny(tmp_path)
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, tokenizer)
+    method = build_method(config.loss, find_blocks(model).count)
+    streams = build_streams(config, tokenizer, method)
+    model = attach_lora(model, config.lora, method.loss_layers)
+    model.train()  # dropout on: LoRA B = 0 must still leave the outputs unchanged
+    batches = MicroBatches(streams, 2, 0, tokenizer.pad_token_id)(0)
+    output = TrainingModule(model, method)(batches)
+    assert output.terms["safe_distance"] == 0.0
+    assert output.terms["unsafe_distance"] == 0.0
+    assert output.terms["kl"] == 0.0
+    assert output.terms["cosine"] > 0.0
+
+
+def test_training_writes_outputs_and_adapter_reloads(tmp_path):
+    from peft import PeftModel
+
+    config = tiny(tmp_path, "train.steps=6", "train.lr=3e-3", "train.save_merged=true")
+    result = train(config, progress=False)
+    run = result.output_dir
+    rows = metrics(run)
+    assert [row["step"] for row in rows] == list(range(1, 7))
+    for row in rows:
+        for key in ("total", "safe_distance", "unsafe_distance", "cosine", "kl", "grad_norm", "lr", "tokens", "tokens_per_s"):
+            assert key in row and torch.isfinite(torch.tensor(row[key]))
+    assert load_config(run / "config.yaml") == config
+
+    # The saved adapter, loaded by PEFT on a fresh base, gives the trained model's logits.
+    tokenizer = load_tokenizer(config.model)
+    ids = torch.tensor([tokenizer("<|im_start|>user\nhello there<|im_end|>\n")["input_ids"]])
+    reloaded = PeftModel.from_pretrained(load_model(config.model, tokenizer), str(result.adapter_dir)).eval()
+    base = load_model(config.model, tokenizer).eval()
+    with torch.no_grad():
+        logits = reloaded(input_ids=ids).logits
+        assert not torch.allclose(logits, base(input_ids=ids).logits)
+        from transformers import AutoModelForCausalLM
+
+        merged = AutoModelForCausalLM.from_pretrained(run / "merged").eval()
+        torch.testing.assert_close(merged(input_ids=ids).logits, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_unsafe_term_pushes_unsafe_states_away(tmp_path):
+    # A random model's KL term holds everything in place; without it the push shows.
+    config = tiny(tmp_path, "train.steps=6", "train.lr=1e-2", "loss.kl_coef=0", "loss.safe_layers=target")
+    distances = [row["unsafe_distance"] for row in metrics(train(config, progress=False).output_dir)]
+    assert distances[0] == 0.0
+    assert all(later > earlier for earlier, later in zip(distances[1:], distances[2:])), distances
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = train(tiny(tmp_path / "a", "train.steps=5", "train.save_every=2"), progress=False)
+
+    real_step = train_module._train_step
+
+    def killed_at_step_4(step, *args, **kwargs):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_step(step, *args, **kwargs)
+
+    config = tiny(tmp_path / "b", "train.steps=5", "train.save_every=2")
+    monkeypatch.setattr(train_module, "_train_step", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(train_module, "_train_step", real_step)
+    assert not (Path(config.output_dir) / "adapter").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, progress=False)  # never silently overwrites a run
+    resumed = train(config, resume=True, progress=False)
+
+    expected = load_file(str(whole.adapter_dir / "adapter_model.safetensors"))
+    actual = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert [r["total"] for r in metrics(resumed.output_dir)] == [r["total"] for r in metrics(whole.output_dir)]
+
+
+def test_divergence_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny(tmp_path, "train.steps=6", "train.save_every=1", "train.lr=3e-3", "train.max_unsafe_distance=1e-3")
+    with pytest.raises(TrainingDiverged, match=r"at step 2: the unsafe distance .*max_unsafe_distance") as caught:
+        train(config, progress=False)
+    checkpoints = sorted((Path(config.output_dir) / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["step-000001"]
+    assert "the last good checkpoint is" in str(caught.value) and "step-000001" in str(caught.value)
+
+
+def test_non_finite_loss_is_reported_with_its_step(tmp_path, monkeypatch):
+    from repbend.methods.repbend import RepBend
+
+    real_loss = RepBend.loss
+
+    def nan_loss(self, runner, batches):
+        output = real_loss(self, runner, batches)
+        output.total = output.total * float("nan")
+        return output
+
+    monkeypatch.setattr(RepBend, "loss", nan_loss)
+    with pytest.raises(TrainingDiverged, match="step 1: the loss is nan"):
+        train(tiny(tmp_path), progress=False)
+
+
+@pytest.mark.parametrize(
+    "override, error, pattern",
+    [
+        ("loss.loss_mode=response_some", ConfigError, "loss_mode: 'response_some'.*response_all"),
+        ("loss.target_layers=[2,9]", ConfigError, r"layer 9 .*1\.\.4"),
+        ("loss.method=nope", ConfigError, "nope.*repbend"),
+    ],
+)
+def test_bad_settings_are_clear_errors(tmp_path, override, error, pattern):
+    with pytest.raises(error, match=pattern):
+        train(tiny(tmp_path, override), progress=False)
+
+
+def test_missing_data_file_and_empty_set(tmp_path):
+    with pytest.raises(DataError, match="nowhere.jsonl"):
+        train(tiny(tmp_path, f"data.sources=[{{path: {tmp_path}/nowhere.jsonl}}]"), progress=False)
+    only_safe = tmp_path / "safe.jsonl"
+    only_safe.write_text(json.dumps({"prompt": "What is 2+2?", "response": "4.", "label": "safe"}) + "\n")
+    with pytest.raises(RepbendError, match="unsafe_unsafe.*empty"):
+        train(tiny(tmp_path, f"data.sources=[{{path: {only_safe}, layout: generic}}]"), progress=False)
+
+
+def test_cli_train_and_error_exit(tmp_path, capsys):
+    from repbend.cli import main
+
+    assert main(["train", str(TINY), f"output_dir={tmp_path / 'cli'}", "steps=2", "-q"]) == 0
+    assert "adapter:" in capsys.readouterr().out
+    assert main(["train", str(TINY), "train.lrr=1"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_takes_a_training_step(tmp_path):
+    config = load_config(
+        ROOT / "configs" / "smollm2-cpu.yaml",
+        [f"output_dir={tmp_path / 'smol'}", "steps=1", "train.grad_accum=1", "train.micro_batch=2"],
+    )
+    result = train(config, progress=False)
+    row = metrics(result.output_dir)[0]
+    assert row["step"] == 1 and torch.isfinite(torch.tensor(row["total"]))
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
