@@ -227,3 +227,23 @@ def test_saved_config_has_every_default(tmp_path):
     data = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert set(data) == {"model", "lora", "data", "loss", "train", "output_dir"}
     assert data["loss"]["kl_temperature"] == 2.0 and data["train"]["micro_batch"] == 4
+
+
+# ---------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("override, key", [("lora.layers=2", "layers"), ("loss.target_layers=3", "target_layers")])
+def test_single_integer_layer_override_is_not_stringified(override, key):
+    try:
+        config = load_config(None, [override])
+    except ConfigError:
+        return  # rejecting it with a clear error is fine, too
+    section = config.lora if override.startswith("lora") else config.loss
+    assert getattr(section, key) in (2, 3, [2], [3])
+
+
+def test_override_into_empty_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\nlora:\n")
+    assert load_config(path).train.steps == 450  # the file alone is fine
+    assert load_config(path, ["train.steps=3"]).train.steps == 3

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from repbend import train as train_module
 from repbend.config import load_config
 from repbend.errors import ConfigError, DataError, RepbendError, TrainingDiverged
-from repbend.methods import TrainingModule, build_method
-from repbend.models import attach_lora, find_blocks, load_model, load_tokenizer
-from repbend.train import build_streams, train
+from repbend.methods import TrainingModule
+from repbend.models import load_model, load_tokenizer
+from repbend.train import prepare, train
 from repbend.data.collate import MicroBatches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +30,7 @@ def metrics(run: Path) -> list:
 
 def test_step_zero_distances_and_kl_are_exactly_zero(tmp_path):
     config = tiny(tmp_path)
-    tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, tokenizer)
-    method = build_method(config.loss, find_blocks(model).count)
-    streams = build_streams(config, tokenizer, method)
-    model = attach_lora(model, config.lora, method.loss_layers)
-    model.train()  # dropout on: LoRA B = 0 must still leave the outputs unchanged
+    tokenizer, model, method, streams = prepare(config)  # train mode: dropout on, LoRA B = 0
     batches = MicroBatches(streams, 2, 0, tokenizer.pad_token_id)(0)
     output = TrainingModule(model, method)(batches)
     assert output.terms["safe_distance"] == 0.0

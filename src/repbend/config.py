@@ -153,6 +153,8 @@ def _coerce(value: Any, annotation, key: str):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
+        if list in options and isinstance(value, int) and not isinstance(value, bool):
+            return [value]  # a single layer index means a list of one
         for option in options:
             if option is type(None):
                 continue
@@ -261,7 +263,9 @@ def apply_overrides(data: dict, overrides: list) -> dict:
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # an empty YAML section reads as null
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {part} is not a section")
         node[parts[-1]] = value

@@ -105,6 +105,16 @@ def byte_tokenizer():
     return tokenizer
 
 
+def _read_template(value: str) -> str:
+    """``model.chat_template`` is Jinja text (it has ``{{`` or ``{%``) or a file path."""
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"model.chat_template: {value!r} is neither a Jinja template nor an existing file")
+    return path.read_text()
+
+
 def load_tokenizer(config: ModelConfig):
     """The tokenizer, with a chat template and a pad token, padding on the right
     (training); generation switches to left padding itself."""
@@ -125,9 +135,7 @@ def load_tokenizer(config: ModelConfig):
         except OSError as error:
             raise ConfigError(f"cannot load the tokenizer of {name!r}: {error}") from None
     if config.chat_template:
-        template_path = Path(config.chat_template)
-        is_file = len(config.chat_template) < 4096 and "{" not in config.chat_template and template_path.is_file()
-        tokenizer.chat_template = template_path.read_text() if is_file else config.chat_template
+        tokenizer.chat_template = _read_template(config.chat_template)
     if not tokenizer.chat_template:
         raise ConfigError(
             f"the tokenizer of {config.name_or_path!r} has no chat template; give one with "
@@ -253,6 +261,8 @@ def lora_target_names(model: nn.Module, blocks: Blocks, indices: list[int], targ
     """Full module names for LoRA: each targeted linear layer inside the chosen blocks.
     Full names let us restrict layers for any family and any ``target_modules``."""
     block_list = model.get_submodule(blocks.prefix)
+    if isinstance(target_modules, str) and target_modules != "all-linear":
+        target_modules = [target_modules]
     names = []
     for index in indices:
         for sub_name, module in block_list[index].named_modules():

@@ -126,9 +126,26 @@ class Progress:
             self.bar.close()
 
 
+def prepare(config: Config) -> tuple:
+    """(tokenizer, LoRA model in train mode, method, streams) for a config: everything a
+    training run, a benchmark or a test needs before the first step."""
+    from accelerate.utils import set_seed
+
+    set_seed(config.train.seed)
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, tokenizer)
+    method = build_method(config.loss, find_blocks(model).count)
+    streams = build_streams(config, tokenizer, method)
+    set_seed(config.train.seed)  # LoRA's initial weights do not depend on data loading
+    model = attach_lora(model, config.lora, method.loss_layers)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return tokenizer, model, method, streams
+
+
 def train(config: Config, resume: bool = False, progress: bool = True) -> TrainResult:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     t = config.train
@@ -143,16 +160,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
 
-    set_seed(t.seed)
-    tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, tokenizer)
-    method = build_method(config.loss, find_blocks(model).count)
-    streams = build_streams(config, tokenizer, method)
-    set_seed(t.seed)  # LoRA's initial weights do not depend on how data loading went
-    model = attach_lora(model, config.lora, method.loss_layers)
-    if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    tokenizer, model, method, streams = prepare(config)
     batches = MicroBatches(
         streams, t.micro_batch, config.data.seed, tokenizer.pad_token_id, config.data.group_by_length,
         rank=accelerator.process_index, world=accelerator.num_processes,

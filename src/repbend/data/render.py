@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .examples import RETAIN, Example
 
 
@@ -41,6 +41,8 @@ def _ids(tokenizer, text: str) -> list:
 def render_example(
     tokenizer, example: Example, *, max_prompt_tokens: int, max_response_tokens: int, max_retain_tokens: int
 ) -> Rendered:
+    if min(max_prompt_tokens, max_response_tokens, max_retain_tokens) < 1:
+        raise ConfigError("data.max_prompt_tokens, max_response_tokens and max_retain_tokens must be at least 1")
     if example.kind == RETAIN:
         text = _template(tokenizer, example.messages, example.source)
         ids = _ids(tokenizer, text)[:max_retain_tokens]

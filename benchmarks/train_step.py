@@ -1,0 +1,132 @@
+"""Training-step efficiency of RepBend against plain LoRA-SFT on the same batches.
+
+Prints figures, last line JSON:
+  token_efficiency              real / processed tokens of our padding (goal >= 0.95)
+  token_efficiency_padded_1024  the same had every row been padded to 1024 (the reference code)
+  step_ratio_vs_sft             RepBend step time / LoRA-SFT step time, same batches, same process
+                                (goal <= 1.45; the floor is about 4/3: one extra frozen forward)
+  train_tokens_per_s            real tokens per second of RepBend training steps
+On a GPU (--device cuda) it also reports model FLOPs utilisation (6 * params * tokens for
+the LoRA pass + 2 * params * tokens for the frozen pass, over the GPU's peak bf16 FLOP/s).
+
+  python benchmarks/train_step.py                              # embedded SmolLM2, CPU
+  python benchmarks/train_step.py --device cuda --shape llama-1b --steps 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from repbend.config import load_config
+from repbend.data.collate import MicroBatches
+from repbend.methods import Runner
+from repbend.methods.repbend import next_token_targets
+from repbend.methods.terms import token_cross_entropy
+from repbend.train import prepare, resolve_precision
+
+SHAPES = {  # random-init models at a published shape
+    "llama-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096),
+    "llama3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192),
+}
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def sft_loss(runner: Runner, batches: dict) -> torch.Tensor:
+    """Plain LoRA-SFT on the same rows: next-token cross-entropy on every response token
+    (retain rows: every token)."""
+    losses = []
+    for name, batch in batches.items():
+        targets_mask = batch.attention_mask if name == "retain" else batch.response_mask
+        logit_mask, targets = next_token_targets(batch, targets_mask)
+        losses.append(token_cross_entropy(runner.forward(batch, logit_mask=logit_mask).logits, targets))
+    return torch.stack(losses).mean()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/smollm2-cpu.yaml")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="random-init model of this shape instead")
+    parser.add_argument("--steps", type=int, default=6, help="timed micro-batches per method (after one warm-up)")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides")
+    args = parser.parse_args()
+
+    overrides = [f"model.device={args.device}", *args.overrides]
+    if args.shape:
+        overrides += [f"model.random_init={json.dumps(SHAPES[args.shape])}", "model.dtype=bfloat16"]
+    config = load_config(args.config, overrides)
+    if args.shape and config.model.tokenizer is None:
+        config.model.tokenizer = config.model.name_or_path  # keep the config's tokenizer
+    tokenizer, model, method, streams = prepare(config)
+    device = next(model.parameters()).device
+    precision = resolve_precision(config.train.precision, device)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    batches = MicroBatches(streams, config.train.micro_batch, config.data.seed, tokenizer.pad_token_id,
+                           config.data.group_by_length)
+    runner = Runner(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.train.lr)
+
+    def step(loss_fn, micro) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(runner, micro)
+        loss.backward()
+        optimizer.zero_grad(set_to_none=True)  # no update: both methods see the same weights
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    repbend_loss = lambda run, micro: method.loss(run, micro).total  # noqa: E731
+    times = {"repbend": 0.0, "sft": 0.0}
+    real = processed = rows = 0
+    for index in range(args.steps + 1):
+        micro = {name: batch.to(device) for name, batch in batches(index).items()}
+        before = (runner.tokens.real, runner.tokens.processed)
+        elapsed_repbend = step(repbend_loss, micro)
+        counted = (runner.tokens.real - before[0], runner.tokens.processed - before[1])
+        elapsed_sft = step(sft_loss, micro)
+        if index == 0:
+            continue  # warm-up
+        times["repbend"] += elapsed_repbend
+        times["sft"] += elapsed_sft
+        real += counted[0]
+        processed += counted[1]
+        rows += 2 * sum(len(batch) for batch in micro.values())  # LoRA + frozen pass per row
+
+    figures = {
+        "model": config.model.name_or_path if not args.shape else args.shape,
+        "device": str(device),
+        "precision": precision,
+        "micro_batch": config.train.micro_batch,
+        "token_efficiency": real / processed,
+        "token_efficiency_padded_1024": real / (rows * 1024),
+        "step_ratio_vs_sft": times["repbend"] / times["sft"],
+        "repbend_step_s": times["repbend"] / args.steps,
+        "sft_step_s": times["sft"] / args.steps,
+        "train_tokens_per_s": real / 2 / times["repbend"],  # each real token is seen by both passes
+    }
+    if device.type == "cuda":
+        n_params = sum(p.numel() for p in model.parameters())
+        tokens = real / 2
+        flops = (6 + 2) * n_params * tokens  # LoRA pass forward+backward, frozen forward
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        figures["gpu"] = name
+        figures["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if peak:
+            figures["mfu"] = flops / times["repbend"] / peak
+    for key, value in figures.items():
+        print(f"{key:>30}: {value:.4f}" if isinstance(value, float) else f"{key:>30}: {value}")
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
