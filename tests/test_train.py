@@ -41,8 +41,9 @@ def test_step_zero_distances_and_kl_are_exactly_zero(tmp_path):
 
 def test_training_writes_outputs_and_adapter_reloads(tmp_path):
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
-    config = tiny(tmp_path, "train.steps=6", "train.lr=3e-3", "train.save_merged=true")
+    config = tiny(tmp_path, "train.steps=6", "train.lr=3e-3")
     result = train(config, progress=False)
     run = result.output_dir
     rows = metrics(run)
@@ -52,18 +53,32 @@ def test_training_writes_outputs_and_adapter_reloads(tmp_path):
             assert key in row and torch.isfinite(torch.tensor(row[key]))
     assert load_config(run / "config.yaml") == config
 
-    # The saved adapter, loaded by PEFT on a fresh base, gives the trained model's logits.
+    # The saved adapter, loaded by PEFT on a fresh base, gives the in-memory model's logits.
     tokenizer = load_tokenizer(config.model)
     ids = torch.tensor([tokenizer("<|im_start|>user\nhello there<|im_end|>\n")["input_ids"]])
     reloaded = PeftModel.from_pretrained(load_model(config.model, tokenizer), str(result.adapter_dir)).eval()
     base = load_model(config.model, tokenizer).eval()
     with torch.no_grad():
         logits = reloaded(input_ids=ids).logits
+        assert torch.equal(logits, result.model(input_ids=ids).logits)
         assert not torch.allclose(logits, base(input_ids=ids).logits)
-        from transformers import AutoModelForCausalLM
 
-        merged = AutoModelForCausalLM.from_pretrained(run / "merged").eval()
-        torch.testing.assert_close(merged(input_ids=ids).logits, logits, rtol=1e-4, atol=1e-4)
+
+def test_merged_model_loads_with_plain_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = train(tiny(tmp_path, "train.steps=2", "train.lr=3e-3", "train.save_merged=true"), progress=False)
+    merged = AutoModelForCausalLM.from_pretrained(result.output_dir / "merged").eval()
+    ids = torch.tensor([[5, 17, 99, 200, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, result.model(input_ids=ids).logits)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    plain = train(tiny(tmp_path / "a", "train.steps=3"), progress=False)
+    checkpointed = train(tiny(tmp_path / "b", "train.steps=3", "train.gradient_checkpointing=true"), progress=False)
+    for a, b in zip(metrics(plain.output_dir), metrics(checkpointed.output_dir)):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-4, abs=1e-6)
 
 
 def test_unsafe_term_pushes_unsafe_states_away(tmp_path):

@@ -39,6 +39,7 @@ class TrainResult:
     adapter_dir: Path
     steps: int
     last_metrics: dict
+    model: object = None  # the trained model in memory (merged when save_merged)
 
 
 def cpu_has_bf16() -> bool:
@@ -203,9 +204,9 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         tokenizer.save_pretrained(str(tmp))
         commit_dir(tmp, adapter_dir)
         if t.save_merged:
-            save_merged(model, tokenizer, out / "merged")
+            model = save_merged(model, tokenizer, out / "merged")
     accelerator.wait_for_everyone()
-    return TrainResult(out, adapter_dir, t.steps, record)
+    return TrainResult(out, adapter_dir, t.steps, record, model.eval())
 
 
 def _train_step(step, t, batches, module, optimizer, scheduler, params, runner, accelerator) -> dict:
@@ -266,12 +267,13 @@ def _save(root, step, model, optimizer, scheduler, keep, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def save_merged(model, tokenizer, folder: Path) -> None:
-    """Merge LoRA into the base weights and save plain safetensors that
-    ``AutoModelForCausalLM.from_pretrained`` loads."""
+def save_merged(model, tokenizer, folder: Path):
+    """Merge LoRA into the base weights (in place) and save plain safetensors that
+    ``AutoModelForCausalLM.from_pretrained`` loads; returns the merged model."""
     merged = model.merge_and_unload()
     drop_quantizer(merged)
     tmp = atomic_dir(folder)
     merged.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     commit_dir(tmp, folder)
+    return merged
