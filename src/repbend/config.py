@@ -128,12 +128,45 @@ class TrainConfig:
 
 
 @dataclass
+class BenchmarkSpec:
+    name: str = ""  # a registered benchmark (see `repbend eval --list`)
+    path: Optional[str] = None  # local file; None for sets found in installed packages
+    limit: Optional[int] = None  # seeded sample of at most this many rows
+    attacks: list = field(default_factory=lambda: ["direct"])
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list = field(default_factory=list)  # of BenchmarkSpec
+    # Adapter folders (PEFT) or merged model folders compared with the base model.
+    adapters: list = field(default_factory=list)
+    include_base: bool = True
+    judge: str = "default"
+    judge_options: dict = field(default_factory=dict)
+    attack_options: dict = field(default_factory=dict)  # attack name -> its options
+    backend: str = "hf"  # hf | vllm | endpoint
+    endpoint_url: Optional[str] = None
+    endpoint_model: Optional[str] = None
+    endpoint_key_env: Optional[str] = "OPENAI_API_KEY"
+    max_new_tokens: int = 512
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    capability_tasks: list = field(default_factory=list)
+    capability_limit: Optional[int] = None
+    seed: int = 0
+    output_dir: Optional[str] = None  # default: <output_dir>/eval
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/default"
 
 
@@ -221,7 +254,7 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
-_LIST_FIELDS = {("DataConfig", "sources"): SourceConfig}
+_LIST_FIELDS = {("DataConfig", "sources"): SourceConfig, ("EvalConfig", "benchmarks"): BenchmarkSpec}
 
 
 def _all_keys(cls, prefix: str = "") -> list:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import LossConfig
-from ..errors import ConfigError
+from ..registry import Registry
 from ..models import decoder_of, lm_head_logits
 
 
@@ -101,18 +101,15 @@ class Method:
         raise NotImplementedError
 
 
-METHODS: dict = {}
+METHODS = Registry("loss.method")
 
 
 def register(cls):
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls.name)(cls)
 
 
 def build_method(config: LossConfig, num_blocks: int) -> Method:
-    if config.method not in METHODS:
-        raise ConfigError(f"loss.method {config.method!r} is unknown; available: {', '.join(sorted(METHODS))}")
-    return METHODS[config.method](config, num_blocks)
+    return METHODS.get(config.method)(config, num_blocks)
 
 
 class TrainingModule(nn.Module):

