@@ -1,0 +1,44 @@
+"""Attacks: benchmark rows -> the prompts the model under test receives (SPEC §5).
+
+An attack is a class registered in :data:`ATTACKS` by its ``name``; options come in
+``AttackContext.options``. Modules listed at the bottom register themselves on import.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...registry import Registry
+from ..types import AttackedPrompt, BehaviorRow
+
+ATTACKS = Registry("attack")
+
+
+@dataclass
+class AttackContext:
+    """What an attack may use: the model and tokenizer (white-box attacks), a cache
+    folder for expensive intermediate results, a seed and attack-specific options."""
+
+    model: object = None
+    tokenizer: object = None
+    cache_dir: str | Path | None = None
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+class Attack:
+    """Base class: ``prepare`` turns rows into attacked prompts (zero or more per row)."""
+
+    name: str = ""
+
+    def prepare(self, rows: list[BehaviorRow], context: AttackContext) -> list[AttackedPrompt]:
+        raise NotImplementedError
+
+
+def register(attack_class: type[Attack]) -> type[Attack]:
+    """Class decorator: register an attack under its ``name``."""
+    return ATTACKS.register(attack_class.name)(attack_class)
+
+
+# Imported last: these modules register their attacks with the names above.
+from . import embedding, gcg, simple, templates  # noqa: E402,F401
