@@ -31,6 +31,43 @@ def _train(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from .config import load_config
+    from .eval.report import render_markdown
+    from .eval.run import evaluate
+
+    config = load_config(args.config, args.overrides)
+    result = evaluate(config, progress=not args.quiet)
+    print("\n" + render_markdown(result.results))
+    print(f"generated {result.generated} responses (the rest from the cache)")
+    for name in ("results.json", "generations.jsonl", "results.md"):
+        print(f"{name + ':':<19}{result.output_dir / name}")
+    return 0
+
+
+def _data(args) -> int:
+    from .config import load_config
+    from .data.packaged import build_data, summary
+
+    config = load_config(args.config, args.overrides)
+    started = time.time()
+    result = build_data(config, progress=not args.quiet)
+    print(f"\n{summary(result)}")
+    print(f"took {(time.time() - started) / 60:.1f} min")
+    return 0
+
+
+def _report(args) -> int:
+    from .eval.report import load_results, render_markdown
+
+    text = render_markdown(load_results(args.runs))
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write(text)
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="repbend",
@@ -50,6 +87,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate the base model and adapters under attacks, with judges and intervals",
+        description="Run CONFIG's eval.benchmarks x attacks on the base model and eval.adapters; "
+        "writes results.json, generations.jsonl and results.md to eval.output_dir (default OUTPUT_DIR/eval).",
+    )
+    evaluation.add_argument("config", help="YAML config file (see configs/)")
+    evaluation.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    evaluation.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    evaluation.set_defaults(handler=_eval)
+
+    data = commands.add_parser(
+        "data",
+        help="build the training sets and held-out sets from packaged data and the base model",
+        description="Build CONFIG's build section: P_s, P_us, P_uu and retain (train.jsonl) plus held-out "
+        "harmful and benign prompts, from data in installed packages and the model's own answers; writes "
+        "to build.output_dir (default OUTPUT_DIR/data) and reuses a finished build with the same settings.",
+    )
+    data.add_argument("config", help="YAML config file (see configs/)")
+    data.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    data.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    data.set_defaults(handler=_data)
+
+    report = commands.add_parser(
+        "report",
+        help="render the results table again from saved evaluation runs",
+        description="Merge the results.json of one or more evaluation folders into one Markdown table.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation folders (or results.json files)")
+    report.add_argument("-o", "--output", help="also write the table to this file")
+    report.set_defaults(handler=_report)
     return parser
 
 

@@ -160,6 +160,31 @@ class EvalConfig:
 
 
 @dataclass
+class BuildConfig:
+    """`repbend data`: the four training sets and the held-out evaluation sets, built
+    offline from packaged data and the base model's own answers."""
+
+    # Prompt sources: registered benchmarks or the builder's own (`repbend.data.packaged`).
+    train_harmful: list = field(default_factory=lambda: ["advbench_pkg", "uncensorbench_pkg", "rho_harmful_pkg"])
+    heldout_harmful: list = field(default_factory=lambda: ["harmbench_pkg", "strongreject_pkg"])
+    benign: list = field(default_factory=list)  # benign prompt sources; empty = the builder's default pool
+    # Sets evaluated elsewhere (over-refusal): no split may hold their prompts or near duplicates.
+    exclude: list = field(default_factory=lambda: ["xstest_like_pkg"])
+    max_train_harmful: Optional[int] = 300
+    max_heldout_harmful: Optional[int] = 100
+    max_benign: Optional[int] = 300
+    heldout_benign_fraction: float = 0.3
+    max_new_tokens: int = 96
+    temperature: float = 0.7
+    judge: str = "default"
+    # Prompts of different splits within this MiniLM cosine count as duplicates (None = exact only).
+    near_duplicate_cosine: Optional[float] = 0.85
+    batch_size: int = 8
+    seed: int = 0
+    output_dir: Optional[str] = None  # default: <output_dir>/data
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -167,6 +192,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
     output_dir: str = "runs/default"
 
 

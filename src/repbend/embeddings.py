@@ -33,12 +33,15 @@ def _load():
 def embed(texts: list, batch_size: int = 64, max_length: int = 256) -> torch.Tensor:
     """[N, 384] unit vectors, float32, on the CPU."""
     tokenizer, model = _load()
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+    # Batches of similar length pad little; the result is put back in input order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    result = torch.zeros(len(texts), 384)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
-    return torch.cat(chunks) if chunks else torch.zeros(0, 384)
+        result[chunk] = torch.nn.functional.normalize(pooled, dim=-1)
+    return result

@@ -1,0 +1,177 @@
+"""``repbend eval``: benchmark rows -> attack -> generate -> judge -> metrics -> report.
+
+Each model under test (the base, each adapter or merged folder) gets every configured
+(benchmark, attack) pair. Generations are cached on disk as they finish, so an
+interrupted evaluation resumes where it stopped; judges run on every response, and a
+judge failure stops the evaluation (never a silent "safe").
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ..config import Config, save_config, to_dict
+from ..errors import ConfigError
+from ..generate import EndpointBackend, GenerationCache, GenerationSettings, HFBackend, VLLMBackend, generate
+from .attacks import ATTACKS, AttackContext
+from .benchmarks import load_benchmark
+from .degeneration import degeneration
+from .judges import DEFAULT_JUDGE, build_judge
+from .metrics import group_metrics, outcome, summary
+from .report import write_report
+from .types import CAPABILITY, HARMFUL, JudgeInput
+
+VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm_eval")
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    results: dict
+    generated: int  # responses generated now (the rest came from the cache)
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def candidates(config: Config) -> list:
+    """(label, model config, adapter folder or None) for every model under test."""
+    found = [("base", config.model, None)] if config.eval.include_base else []
+    for path in config.eval.adapters:
+        folder = Path(path)
+        if (folder / "adapter_config.json").is_file():
+            found.append((label_of(folder), config.model, str(folder)))
+        elif (folder / "config.json").is_file():
+            merged = dataclasses.replace(config.model, name_or_path=str(folder), gguf_file=None, random_init=None,
+                                         tokenizer=None if config.model.tokenizer != "byte" else "byte")
+            found.append((label_of(folder), merged, None))
+        else:
+            raise ConfigError(f"eval.adapters: {folder} holds neither a PEFT adapter (adapter_config.json) nor a model (config.json)")
+    if not found:
+        raise ConfigError("nothing to evaluate: eval.include_base is false and eval.adapters is empty")
+    return found
+
+
+def label_of(folder: Path) -> str:
+    """A short, readable name: the run folder for ``RUN/adapter`` and ``RUN/merged``."""
+    return f"{folder.parent.name}/{folder.name}" if folder.name in ("adapter", "merged") else folder.name
+
+
+def make_backend(config: Config, model_config, adapter):
+    e = config.eval
+    if e.backend == "hf":
+        return HFBackend.load(model_config, adapter)
+    if e.backend == "vllm":
+        return VLLMBackend(model_config.name_or_path, adapter)
+    if e.backend == "endpoint":
+        if not e.endpoint_url or not e.endpoint_model:
+            raise ConfigError("eval.backend=endpoint needs eval.endpoint_url and eval.endpoint_model")
+        return EndpointBackend(e.endpoint_url, e.endpoint_model, e.endpoint_key_env)
+    raise ConfigError(f"eval.backend {e.backend!r} is not one of hf, vllm, endpoint")
+
+
+def evaluate(config: Config, progress: bool = True) -> EvalResult:
+    e = config.eval
+    out = Path(e.output_dir or Path(config.output_dir) / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    if not e.benchmarks and not e.capability_tasks:
+        raise ConfigError("eval.benchmarks is empty: name at least one benchmark (and its attacks)")
+    for spec in e.benchmarks:
+        for attack in spec.attacks:
+            ATTACKS.get(attack)  # fail on a typo before any model loads
+    rows = {spec.name: load_benchmark(spec.name, spec.path, limit=spec.limit, seed=e.seed) for spec in e.benchmarks}
+    judge = build_judge(DEFAULT_JUDGE if e.judge == "default" else e.judge, **e.judge_options)
+    refusals = build_judge("keywords")
+    settings = GenerationSettings(e.max_new_tokens, e.do_sample, e.temperature, e.top_p, e.seed, e.batch_size)
+    cache = GenerationCache(out / "cache" / "generations.jsonl")
+
+    records, capability, generated = [], {}, 0
+    for label, model_config, adapter in candidates(config):
+        backend = make_backend(config, model_config, adapter)
+        for spec in e.benchmarks:
+            benchmark_rows = [row for row in rows[spec.name] if row.expected != CAPABILITY]
+            for attack_name in spec.attacks:
+                context = AttackContext(
+                    model=getattr(backend, "model", None), tokenizer=getattr(backend, "tokenizer", None),
+                    cache_dir=out / "cache" / "attacks", seed=e.seed,
+                    options={"identity": backend.identity, **e.attack_options.get(attack_name, {})},
+                )
+                prompts = ATTACKS.get(attack_name)().prepare(benchmark_rows, context)
+                responses, fresh = generate(backend, prompts, settings, cache, progress)
+                generated += fresh
+                records += judge_responses(label, prompts, responses, judge, refusals)
+        if e.capability_tasks:
+            from .capability import evaluate_capability
+
+            if not isinstance(backend, HFBackend):
+                raise ConfigError("capability tasks run through lm-eval on the hf backend")
+            capability[label] = evaluate_capability(
+                backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
+                limit=e.capability_limit, batch_size=e.batch_size,
+            )
+        del backend
+
+    entries = group_metrics(records, e.seed)
+    results = {
+        "models": {label: {"model": mc.name_or_path, "adapter": adapter} for label, mc, adapter in candidates(config)},
+        "judge": judge.name,
+        "metrics": entries,
+        "capability": capability,
+        "summary": summary(entries, capability),
+        "config": to_dict(config),
+        "versions": package_versions(),
+    }
+    write_atomic(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_report(results, out / "results.md")
+    return EvalResult(out, results, generated)
+
+
+def judge_responses(label: str, prompts: list, responses: list, judge, refusals) -> list:
+    """One record per response: the judge's verdict on harmful rows, refusal and
+    degeneration on every row, and the outcome that metrics count."""
+    inputs = [JudgeInput(p.row.prompt, r, p.row.context) for p, r in zip(prompts, responses)]
+    harmful_index = [i for i, p in enumerate(prompts) if p.row.expected == HARMFUL]
+    verdicts = dict(zip(harmful_index, judge.judge([inputs[i] for i in harmful_index]))) if harmful_index else {}
+    refused = refusals.judge(inputs)
+    records = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        degenerate = degeneration(response)
+        verdict = verdicts.get(i)
+        is_refusal = not refused[i].harmful
+        records.append({
+            "model": label,
+            "benchmark": prompt.row.benchmark,
+            "attack": prompt.attack,
+            "variant": prompt.variant,
+            "row_id": prompt.row.id,
+            "expected": prompt.row.expected,
+            "prompt": prompt.messages[-1]["content"] if prompt.messages else prompt.row.prompt,
+            "prefill": prompt.prefill,
+            "response": response,
+            "outcome": outcome(prompt.row.expected, bool(verdict and verdict.harmful), is_refusal, degenerate is not None),
+            "refused": is_refusal,
+            "degenerate": degenerate,
+            "judge": verdict.judge if verdict else refused[i].judge,
+            "judge_raw": verdict.raw if verdict else refused[i].raw,
+            "attack_meta": prompt.meta,
+        })
+    return records
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
