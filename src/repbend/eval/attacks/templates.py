@@ -30,7 +30,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from ...embeddings import PACKAGE as EMBEDDER_PACKAGE
 from ...embeddings import embed
 from ...errors import ConfigError
-from ..benchmarks import PACKAGES, normalise_text, package_file
+from ...packages import PACKAGES, package_file
+from ..benchmarks import normalise_text
 from ..types import AttackedPrompt, BehaviorRow
 from . import Attack, AttackContext, register
 from .simple import request_text, user_turn
