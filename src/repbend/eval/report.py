@@ -35,7 +35,7 @@ def render_markdown(results: dict) -> str:
     models = list(results["models"])
     reference = models[0]
     by_key = {(m["benchmark"], m["attack"], m["expected"], m["model"]): m for m in results["metrics"]}
-    groups = sorted({(b, a, x) for b, a, x, _ in by_key}, key=lambda g: (g[2], g[0], g[1]))
+    groups = sorted({(b, a, x) for b, a, x, _ in by_key}, key=lambda g: (g[2] != "harmful", g[0], g[1]))
     lines = [f"Judge: `{results['judge']}`. Rates in % with 95 % bootstrap intervals; Δ against `{reference}`.", ""]
 
     header = "| benchmark | attack | metric | n | " + " | ".join(models) + "".join(f" | Δ {m}" for m in models[1:]) + " |"
