@@ -182,7 +182,7 @@ def _fail(location: Location, message: str, field: str, value=None) -> DataError
     return DataError(message, file=location.file, line=location.line, field=field, value=value)
 
 
-def _text(record: dict, location: Location, name: str, *, required: bool = True) -> str | None:
+def text_field(record: dict, location: Location, name: str, *, required: bool = True) -> str | None:
     """The field's text, stripped; None when absent or empty (an error if required)."""
     value = record.get(name)
     if value is not None and not isinstance(value, str):
@@ -193,19 +193,19 @@ def _text(record: dict, location: Location, name: str, *, required: bool = True)
     return value
 
 
-def _label(
+def label_field(
     record: dict, location: Location, name: str, allowed: tuple, *, required: bool = False
 ) -> str | None:
     """A label that must be one of ``allowed``; None when empty (real data has gaps)."""
     if name not in record:
         raise _fail(location, f"missing field (expected one of {', '.join(allowed)})", name)
-    value = _text(record, location, name, required=required)
+    value = text_field(record, location, name, required=required)
     if value is not None and value not in allowed:
         raise _fail(location, f"unknown label; expected one of {', '.join(allowed)}", name, value)
     return value
 
 
-def _messages(record: dict, location: Location, name: str = "messages") -> tuple:
+def messages_field(record: dict, location: Location, name: str = "messages") -> tuple:
     """A conversation: a list of ``{role, content}`` (CSV cells may hold it as JSON)."""
     value = record.get(name)
     if isinstance(value, str):
@@ -253,9 +253,9 @@ def _convert(
 
 
 def _wildguardmix_row(record: dict, location: Location) -> Iterable[Example]:
-    prompt_label = _label(record, location, "prompt_harm_label", ("harmful", "unharmful"))
-    refusal = _label(record, location, "response_refusal_label", ("refusal", "compliance"))
-    response_label = _label(record, location, "response_harm_label", ("harmful", "unharmful"))
+    prompt_label = label_field(record, location, "prompt_harm_label", ("harmful", "unharmful"))
+    refusal = label_field(record, location, "response_refusal_label", ("refusal", "compliance"))
+    response_label = label_field(record, location, "response_harm_label", ("harmful", "unharmful"))
     if prompt_label == "unharmful" and refusal == "compliance" and response_label == "unharmful":
         kind = SAFE
     elif prompt_label == "harmful" and refusal == "refusal" and response_label == "unharmful":
@@ -264,8 +264,8 @@ def _wildguardmix_row(record: dict, location: Location) -> Iterable[Example]:
         kind = UNSAFE_UNSAFE
     else:
         return ()
-    prompt = _text(record, location, "prompt", required=False)
-    response = _text(record, location, "response", required=False)
+    prompt = text_field(record, location, "prompt", required=False)
+    response = text_field(record, location, "response", required=False)
     # WildGuardMix has prompt-only rows (no response): they belong to no set.
     if prompt is None or response is None:
         return ()
@@ -288,23 +288,23 @@ WILDJAILBREAK_TYPES = {
 def _wildjailbreak_row(record: dict, location: Location) -> Iterable[Example]:
     if "harmful_answer" in record or "harmless_answer" in record:
         return _wildjailbreak_pair(record, location)
-    data_type = _label(record, location, "data_type", tuple(WILDJAILBREAK_TYPES), required=True)
+    data_type = label_field(record, location, "data_type", tuple(WILDJAILBREAK_TYPES), required=True)
     prompt = None
     if data_type.startswith("adversarial"):
-        prompt = _text(record, location, "adversarial", required=False)
-    prompt = prompt or _text(record, location, "vanilla")
+        prompt = text_field(record, location, "adversarial", required=False)
+    prompt = prompt or text_field(record, location, "vanilla")
     # Raw WildJailbreak completions answer benign prompts and refuse harmful ones.
-    response = _text(record, location, "completion")
+    response = text_field(record, location, "completion")
     return (_single_turn(WILDJAILBREAK_TYPES[data_type], prompt, response, location),)
 
 
 def _wildjailbreak_pair(record: dict, location: Location) -> Iterable[Example]:
-    prompt = _text(record, location, "vanilla", required=False)
-    prompt = prompt or _text(record, location, "prompt", required=False)
+    prompt = text_field(record, location, "vanilla", required=False)
+    prompt = prompt or text_field(record, location, "prompt", required=False)
     if prompt is None:
         raise _fail(location, "a paired row needs a vanilla or prompt field", "prompt")
-    harmful = _text(record, location, "harmful_answer", required=False)
-    harmless = _text(record, location, "harmless_answer", required=False)
+    harmful = text_field(record, location, "harmful_answer", required=False)
+    harmless = text_field(record, location, "harmless_answer", required=False)
     if harmful is None and harmless is None:
         raise _fail(
             location, "a paired row needs harmful_answer or harmless_answer", "harmful_answer"
@@ -325,7 +325,7 @@ def read_wildjailbreak(path: str | Path) -> Iterator[Example]:
 
 
 def _ultrachat_row(record: dict, location: Location) -> Iterable[Example]:
-    messages = _messages(record, location)
+    messages = messages_field(record, location)
     # SPEC §1: the retain set uses conversations of at least two messages.
     if len(messages) < 2:
         return ()
@@ -338,16 +338,16 @@ def read_ultrachat(path: str | Path) -> Iterator[Example]:
 
 
 def _generic_row(record: dict, location: Location) -> Iterable[Example]:
-    kind = _label(record, location, "label", KINDS, required=True)
+    kind = label_field(record, location, "label", KINDS, required=True)
     # CSV has no nulls (an empty cell means no pair) and JSON ids may be numbers.
     pair_id = record.get("pair_id")
     pair_id = None if pair_id is None else (str(pair_id).strip() or None)
     # A CSV with a messages column has empty cells in the prompt/response rows.
     if kind == RETAIN and record.get("messages"):
-        messages = _messages(record, location)
+        messages = messages_field(record, location)
         return (Example(kind=RETAIN, messages=messages, source=str(location), pair_id=pair_id),)
-    prompt = _text(record, location, "prompt")
-    response = _text(record, location, "response")
+    prompt = text_field(record, location, "prompt")
+    response = text_field(record, location, "response")
     if kind == RETAIN:
         messages = ({"role": "user", "content": prompt}, {"role": "assistant", "content": response})
         return (Example(kind=RETAIN, messages=messages, source=str(location), pair_id=pair_id),)

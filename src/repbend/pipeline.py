@@ -1,0 +1,154 @@
+"""``repbend run``: data -> train -> eval -> report, each step cached.
+
+Re-running the same config reuses what is done: the data build is cached by content, a
+finished training run with the same config is kept (a killed one resumes), and
+generations come from the evaluation's cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import Config, SourceConfig, to_dict
+from .errors import ConfigError
+
+TRAINING_SECTIONS = ("model", "lora", "data", "loss", "train")
+HARMFUL_EXAMPLE_WORDS = 8  # harmful answers in reports are cut to their first words
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    report: Path
+    results: dict
+    seconds: dict = field(default_factory=dict)
+
+
+def with_built_data(config: Config, data_dir: Path) -> Config:
+    """The config with training data and evaluation paths pointing at the built folder."""
+    sources = [SourceConfig(path=str(data_dir / "train.jsonl"), layout="generic")]
+    benchmarks = [
+        dataclasses.replace(spec, path=spec.path.format(data_dir=data_dir) if spec.path else None)
+        for spec in config.eval.benchmarks
+    ]
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, sources=sources),
+        eval=dataclasses.replace(config.eval, benchmarks=benchmarks),
+    )
+
+
+def training_is_done(config: Config) -> bool:
+    """A finished run with the same training settings is reused; a different one in the
+    same folder is an error rather than silently mixed or overwritten."""
+    out = Path(config.output_dir)
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return False
+    previous = yaml.safe_load(saved.read_text()) or {}
+    current = to_dict(config)
+    changed = [s for s in TRAINING_SECTIONS if previous.get(s) != current[s]]
+    if changed and ((out / "adapter").exists() or (out / "checkpoints").exists()):
+        raise ConfigError(f"{out} holds a training run with other {', '.join(changed)} settings; choose another output_dir")
+    return (out / "adapter" / "adapter_model.safetensors").is_file() and not changed
+
+
+def run(config: Config, progress: bool = True) -> RunResult:
+    from .data.packaged import build_data
+    from .eval.run import evaluate
+    from .train import train
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+
+    started = time.time()
+    built = build_data(config, progress=progress)
+    seconds["data"] = time.time() - started
+    config = with_built_data(config, built.output_dir)
+
+    started = time.time()
+    if not training_is_done(config):
+        train(config, resume=(out / "checkpoints").exists(), progress=progress)
+    seconds["train"] = time.time() - started
+
+    started = time.time()
+    adapter = str(out / "adapter")
+    evaluation = evaluate(dataclasses.replace(config, eval=dataclasses.replace(config.eval, adapters=[adapter])), progress)
+    seconds["eval"] = time.time() - started
+
+    report = write_run_report(out, evaluation.results, built, seconds)
+    return RunResult(out, report, evaluation.results, seconds)
+
+
+def cut_words(text: str, words: int) -> str:
+    parts = text.split()
+    return " ".join(parts[:words]) + (" [...]" if len(parts) > words else "")
+
+
+def examples(generations: Path, per_group: int = 2) -> list:
+    """Markdown lines: a few responses per (benchmark, attack, model); answers to
+    harmful prompts cut to their first words."""
+    records = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+    seen: dict = {}
+    lines = []
+    for record in records:
+        key = (record["benchmark"], record["attack"], record["model"])
+        if seen.get(key, 0) >= per_group:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        harmful = record["expected"] == "harmful"
+        prompt = cut_words(record["prompt"], 16)
+        response = cut_words(record["response"], HARMFUL_EXAMPLE_WORDS if harmful else 40)
+        lines.append(f"- **{record['model']}**, {record['benchmark']} / {record['attack']} "
+                     f"({record['outcome']}): _{prompt}_ -> {response!r}")
+    return lines
+
+
+def write_run_report(out: Path, results: dict, built, seconds: dict) -> Path:
+    from .eval.report import render_markdown
+    from .plots import rates_by_attack, training_curves
+
+    eval_dir = out / "eval"
+    curves = training_curves(out / "metrics.jsonl", out / "training_curves.png")
+    asr = rates_by_attack(results, out / "asr_by_attack.png")
+    manifest = json.loads((built.output_dir / "manifest.json").read_text())
+    lines = [
+        "# RepBend run report",
+        "",
+        f"Model `{results['config']['model']['name_or_path']}`, adapter `{out / 'adapter'}`. "
+        + ", ".join(f"{step} {value / 60:.1f} min" for step, value in seconds.items()) + ".",
+        "",
+        "## Data",
+        "",
+        "```json",
+        json.dumps({k: manifest[k] for k in ("sources", "counts") if k in manifest}, indent=2),
+        "```",
+        "",
+        "## Results: base vs trained",
+        "",
+        render_markdown(results),
+        f"![ASR per attack]({asr.name})",
+        "",
+        "## Training curves",
+        "",
+        f"![training curves]({curves.name})",
+        "",
+        "## Example responses",
+        "",
+        f"Answers to harmful prompts are cut to their first {HARMFUL_EXAMPLE_WORDS} words.",
+        "",
+        *examples(eval_dir / "generations.jsonl"),
+        "",
+        f"Files: [results.json](eval/results.json), [generations.jsonl](eval/generations.jsonl), "
+        f"[config.yaml](config.yaml), [metrics.jsonl](metrics.jsonl).",
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return report
