@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -68,6 +69,32 @@ def _report(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from .config import load_config
+    from .pipeline import DEFAULT_CONFIG, run, summary_lines
+
+    overrides, path = list(args.overrides), args.config
+    if path and "=" in path and not os.path.exists(path):  # `repbend run key=value`: no CONFIG given
+        overrides, path = [path, *overrides], None
+    config = load_config(path or DEFAULT_CONFIG, overrides)
+    result = run(config, progress=not args.quiet)
+    print("\n" + "\n".join(summary_lines(result)))
+    return 0
+
+
+def config_command(commands, name: str, handler, help: str, description: str, config_optional: bool = False):
+    """A subcommand that reads CONFIG plus key=value overrides."""
+    command = commands.add_parser(name, help=help, description=description)
+    if config_optional:
+        command.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    else:
+        command.add_argument("config", help="YAML config file (see configs/)")
+    command.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    command.set_defaults(handler=handler)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="repbend",
@@ -77,39 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = commands.add_parser(
-        "train",
+    train = config_command(
+        commands, "train", _train,
         help="train a LoRA adapter with a method's loss (RepBend by default)",
         description="Train a LoRA adapter from CONFIG; writes adapter/, config.yaml and metrics.jsonl to output_dir.",
     )
-    train.add_argument("config", help="YAML config file (see configs/)")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    train.set_defaults(handler=_train)
-
-    evaluation = commands.add_parser(
-        "eval",
+    config_command(
+        commands, "eval", _eval,
         help="evaluate the base model and adapters under attacks, with judges and intervals",
         description="Run CONFIG's eval.benchmarks x attacks on the base model and eval.adapters; "
         "writes results.json, generations.jsonl and results.md to eval.output_dir (default OUTPUT_DIR/eval).",
     )
-    evaluation.add_argument("config", help="YAML config file (see configs/)")
-    evaluation.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    evaluation.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    evaluation.set_defaults(handler=_eval)
-
-    data = commands.add_parser(
-        "data",
+    config_command(
+        commands, "data", _data,
         help="build the training sets and held-out sets from packaged data and the base model",
         description="Build CONFIG's build section: P_s, P_us, P_uu and retain (train.jsonl) plus held-out "
         "harmful and benign prompts, from data in installed packages and the model's own answers; writes "
         "to build.output_dir (default OUTPUT_DIR/data) and reuses a finished build with the same settings.",
     )
-    data.add_argument("config", help="YAML config file (see configs/)")
-    data.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    data.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    data.set_defaults(handler=_data)
+    config_command(
+        commands, "run", _run,
+        help="the main job: data -> train -> eval -> report, each step cached",
+        description="Build the data, train, evaluate base vs trained and write report.md to output_dir. "
+        "Without CONFIG it runs configs/smollm2-cpu.yaml on the embedded model. Re-running reuses finished steps.",
+        config_optional=True,
+    )
 
     report = commands.add_parser(
         "report",
@@ -131,7 +151,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is kept (resume with --resume)", file=sys.stderr)
+        print("interrupted; finished work is kept: run the same command again to continue "
+              "(`repbend train` needs --resume)", file=sys.stderr)
         return 130
 
 

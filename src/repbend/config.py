@@ -133,6 +133,7 @@ class BenchmarkSpec:
     path: Optional[str] = None  # local file; None for sets found in installed packages
     limit: Optional[int] = None  # seeded sample of at most this many rows
     attacks: list = field(default_factory=lambda: ["direct"])
+    label: Optional[str] = None  # the name in tables (default: name); tells two files of one layout apart
 
 
 @dataclass

@@ -18,6 +18,8 @@ from .config import Config, SourceConfig, to_dict
 from .errors import ConfigError
 
 TRAINING_SECTIONS = ("model", "lora", "data", "loss", "train")
+# `repbend run` without CONFIG: the embedded model on 2 CPU cores.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smollm2-cpu.yaml"
 HARMFUL_EXAMPLE_WORDS = 8  # harmful answers in reports are cut to their first words
 
 
@@ -84,6 +86,26 @@ def run(config: Config, progress: bool = True) -> RunResult:
 
     report = write_run_report(out, evaluation.results, built, seconds)
     return RunResult(out, report, evaluation.results, seconds)
+
+
+def summary_lines(result: RunResult) -> list:
+    """The one-screen summary printed at the end of `repbend run`."""
+    lines = [f"report:  {result.report}", f"results: {result.output_dir / 'results.json'}",
+             "time:    " + ", ".join(f"{step} {value / 60:.1f} min" for step, value in result.seconds.items()), ""]
+    models = list(result.results["models"])
+    lines.append(f"{'benchmark / attack':<42}" + "".join(f"{m[:22]:>24}" for m in models))
+    by_key = {(e["benchmark"], e["attack"], e["model"]): e for e in result.results["metrics"]}
+    for benchmark, attack in sorted({(b, a) for b, a, _ in by_key}):
+        cells = []
+        for model in models:
+            entry = by_key.get((benchmark, attack, model), {})
+            rate = entry.get("asr") or entry.get("compliance") or {}
+            name = "ASR" if "asr" in entry else "ok"
+            value = rate.get("value")
+            degenerate = (entry.get("degenerate") or {}).get("value") or 0.0
+            cells.append(f"{name} {100 * value:5.1f}% deg {100 * degenerate:4.1f}%" if value is not None else "-")
+        lines.append(f"{benchmark + ' / ' + attack:<42}" + "".join(f"{cell:>24}" for cell in cells))
+    return lines
 
 
 def cut_words(text: str, words: int) -> str:

@@ -91,7 +91,15 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
     for spec in e.benchmarks:
         for attack in spec.attacks:
             ATTACKS.get(attack)  # fail on a typo before any model loads
-    rows = {spec.name: load_benchmark(spec.name, spec.path, limit=spec.limit, seed=e.seed) for spec in e.benchmarks}
+    rows = {
+        spec.label or spec.name: [
+            dataclasses.replace(row, benchmark=spec.label or row.benchmark)
+            for row in load_benchmark(spec.name, spec.path, limit=spec.limit, seed=e.seed)
+        ]
+        for spec in e.benchmarks
+    }
+    if len(rows) < len(e.benchmarks):
+        raise ConfigError("eval.benchmarks: two entries share a name; give them different labels")
     judge = build_judge(DEFAULT_JUDGE if e.judge == "default" else e.judge, **e.judge_options)
     refusals = build_judge("keywords")
     settings = GenerationSettings(e.max_new_tokens, e.do_sample, e.temperature, e.top_p, e.seed, e.batch_size)
@@ -101,7 +109,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
     for label, model_config, adapter in candidates(config):
         backend = make_backend(config, model_config, adapter)
         for spec in e.benchmarks:
-            benchmark_rows = [row for row in rows[spec.name] if row.expected != CAPABILITY]
+            benchmark_rows = [row for row in rows[spec.label or spec.name] if row.expected != CAPABILITY]
             for attack_name in spec.attacks:
                 context = AttackContext(
                     model=getattr(backend, "model", None), tokenizer=getattr(backend, "tokenizer", None),
