@@ -15,7 +15,7 @@ $(VENV)/.setup-done: pyproject.toml requirements/cpu.txt requirements/embedded.t
 	touch $@
 
 run: setup
-	$(VENV)/bin/repbend train configs/smollm2-cpu.yaml $(ARGS)
+	$(VENV)/bin/repbend run $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
