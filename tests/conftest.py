@@ -4,9 +4,12 @@ Keep this file small and additive: several test modules rely on it.
 """
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
+from repbend.eval.benchmarks import normalise_text
 from repbend.models import byte_tokenizer
 
 # A tiny Llama shape (hidden 32, 4 blocks); the vocabulary comes from the tokenizer.
@@ -50,3 +53,17 @@ def tiny_llama(byte_tok, make_tiny_model):
     return make_tiny_model(
         vocab_size=len(byte_tok), pad_token_id=byte_tok.pad_token_id, eos_token_id=byte_tok.eos_token_id
     )
+
+
+# A small data build for the tiny model (tests of `repbend data` and `repbend run`).
+SMALL = ["build.max_train_harmful=6", "build.max_heldout_harmful=5", "build.max_benign=10",
+         "build.max_new_tokens=8", "build.judge=keywords"]
+
+
+def bag_of_words(texts: list, **_) -> torch.Tensor:
+    """Unit vectors of hashed word counts: shared words make cosine high, like MiniLM."""
+    vectors = torch.zeros(len(texts), 512)
+    for i, text in enumerate(texts):
+        for word in normalise_text(text).split():
+            vectors[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % 512] += 1
+    return torch.nn.functional.normalize(vectors, dim=-1)

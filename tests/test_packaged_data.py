@@ -5,7 +5,6 @@ keyword judge) and a bag-of-words stand-in for MiniLM; the slow test runs SmolLM
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter, defaultdict
@@ -25,21 +24,9 @@ from repbend.errors import ConfigError
 from repbend.eval.benchmarks import load_benchmark, normalise_text
 from repbend.eval.types import BehaviorRow
 from repbend.generate import HFBackend
+from conftest import SMALL, bag_of_words
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["build.max_train_harmful=6", "build.max_heldout_harmful=5", "build.max_benign=10",
-         "build.max_new_tokens=8", "build.judge=keywords"]
-
-
-def bag_of_words(texts: list, **_) -> torch.Tensor:
-    """Unit vectors of hashed word counts: shared words make cosine high, like MiniLM."""
-    vectors = torch.zeros(len(texts), 512)
-    for i, text in enumerate(texts):
-        for word in normalise_text(text).split():
-            vectors[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % 512] += 1
-    return torch.nn.functional.normalize(vectors, dim=-1)
-
-
 @pytest.fixture(autouse=True)
 def fast_embeddings(monkeypatch):
     monkeypatch.setattr(packaged, "embed", bag_of_words)

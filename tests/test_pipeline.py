@@ -11,7 +11,7 @@ from repbend.config import load_config
 from repbend.data import packaged
 from repbend.eval.report import render_markdown
 from repbend.pipeline import run, summary_lines
-from test_packaged_data import SMALL, bag_of_words
+from conftest import SMALL, bag_of_words
 
 ROOT = Path(__file__).resolve().parents[1]
 
