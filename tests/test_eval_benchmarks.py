@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from repbend.errors import ConfigError, DataError
-from repbend.eval import benchmarks
 from repbend import packages
 from repbend.eval.benchmarks import BENCHMARKS, deduplicate, load_benchmark, normalise_text
 from repbend.eval.types import BENIGN, CAPABILITY, HARMFUL

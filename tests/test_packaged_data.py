@@ -11,7 +11,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from repbend.cli import main
 from repbend.config import SourceConfig, load_config

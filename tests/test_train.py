@@ -41,7 +41,6 @@ def test_step_zero_distances_and_kl_are_exactly_zero(tmp_path):
 
 def test_training_writes_outputs_and_adapter_reloads(tmp_path):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     config = tiny(tmp_path, "train.steps=6", "train.lr=3e-3")
     result = train(config, progress=False)

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .atomic import write_text
 from .errors import ConfigError
 
 
@@ -373,8 +374,4 @@ def to_dict(config: Config) -> dict:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

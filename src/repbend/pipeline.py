@@ -167,8 +167,8 @@ def write_run_report(out: Path, results: dict, built, seconds: dict) -> Path:
         "",
         *examples(eval_dir / "generations.jsonl"),
         "",
-        f"Files: [results.json](eval/results.json), [generations.jsonl](eval/generations.jsonl), "
-        f"[config.yaml](config.yaml), [metrics.jsonl](metrics.jsonl).",
+        "Files: [results.json](eval/results.json), [generations.jsonl](eval/generations.jsonl), "
+        "[config.yaml](config.yaml), [metrics.jsonl](metrics.jsonl).",
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")

@@ -8,11 +8,11 @@ the paired term still finds both halves after capping.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 from ..config import DataConfig, SourceConfig
+from ..atomic import write_text
 from ..errors import DataError
 from .examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE, Example
 from .readers import read_records, read_source
@@ -107,15 +107,9 @@ def require_sets(
 
 def save_sets(sets: dict[str, list[Example]], folder: str | Path) -> None:
     """Write one ``<kind>.jsonl`` per kind (empty sets too), each atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for kind in KINDS:
-        path = folder / f"{kind}.jsonl"
-        tmp = folder / f".{kind}.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for example in sets.get(kind, []):
-                handle.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        rows = sets.get(kind, [])
+        write_text(Path(folder) / f"{kind}.jsonl", "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in rows))
 
 
 def load_sets(folder: str | Path) -> dict[str, list[Example]]:

@@ -33,6 +33,7 @@ from unittest import mock
 
 import yaml
 
+from ..atomic import write_text
 from ..errors import ConfigError, DataError
 from ..packages import package_file
 
@@ -220,10 +221,7 @@ def _write_if_changed(path: Path, text: str) -> None:
     # Unchanged files keep their mtime, so the datasets cache built from them stays valid.
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, text)
 
 
 def capability_tasks_dir(cache_dir: str | Path) -> Path:

@@ -6,9 +6,9 @@ merged, so models evaluated separately can be compared in one table).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import ConfigError
 
 
@@ -73,9 +73,7 @@ def render_markdown(results: dict) -> str:
 
 
 def write_report(results: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_markdown(results))
-    os.replace(tmp, path)
+    write_text(path, render_markdown(results))
 
 
 def load_results(run_dirs: list) -> dict:

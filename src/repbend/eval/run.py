@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from ..config import Config, save_config, to_dict
+from ..atomic import write_text
 from ..errors import ConfigError
 from ..generate import EndpointBackend, GenerationCache, GenerationSettings, HFBackend, VLLMBackend, generate
 from .attacks import ATTACKS, AttackContext
@@ -141,8 +141,8 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
         "config": to_dict(config),
         "versions": package_versions(),
     }
-    write_atomic(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    write_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_text(out / "results.json", json.dumps(results, indent=2))
     write_report(results, out / "results.md")
     return EvalResult(out, results, generated)
 
@@ -177,9 +177,3 @@ def judge_responses(label: str, prompts: list, responses: list, judge, refusals)
             "attack_meta": prompt.meta,
         })
     return records
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
