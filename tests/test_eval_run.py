@@ -99,3 +99,13 @@ def test_bad_eval_input_is_a_clear_error(eval_config, tmp_path):
         evaluate(eval_config(f"eval.benchmarks=[{{name: generic, path: {tmp_path}/missing.jsonl}}]"), progress=False)
     with pytest.raises(RepbendError, match="adapter_config.json"):
         evaluate(eval_config(f"eval.adapters=[{tmp_path}]"), progress=False)
+
+
+def test_capability_scores_carry_intervals_into_the_table(eval_config):
+    config = eval_config("eval.adapters=[]", "eval.benchmarks=[]", "eval.capability_tasks=[repbend_facts150]",
+                         "eval.capability_limit=6")
+    results = evaluate(config, progress=False).results
+    score = results["capability"]["base"]["repbend_facts150"]
+    assert score["n"] == 6 and score["low"] <= score["value"] <= score["high"]
+    assert results["summary"]["base"]["capability"] == score["value"]
+    assert "| repbend_facts150 |" in render_markdown(results)

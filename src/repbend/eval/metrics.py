@@ -67,7 +67,8 @@ def summary(entries: list, capability: dict | None = None) -> dict:
             model["compliance"].append(entry["compliance"]["value"])
             model["degenerate_benign"].append(entry["degenerate"]["value"])
     result = {}
-    for name, lists in by_model.items():
+    for name in sorted(set(by_model) | set(capability or {})):
+        lists = by_model[name]
         means = {key: (sum(values) / len(values) if values else None) for key, values in lists.items()}
         scores = (capability or {}).get(name, {})
         capability_values = [task["value"] for task in scores.values() if task.get("value") is not None]

@@ -56,7 +56,7 @@ def render_markdown(results: dict) -> str:
         for task in tasks:
             scores = [capability.get(model, {}).get(task) for model in models]
             metric = next((s["metric"] for s in scores if s), "")
-            cells = [f"{100 * s['value']:.1f}" if s and s.get("value") is not None else "-" for s in scores]
+            cells = [percent(s) if s else "-" for s in scores]
             lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
 
     summary = results.get("summary") or {}

@@ -21,7 +21,7 @@ from .attacks import ATTACKS, AttackContext
 from .benchmarks import load_benchmark
 from .degeneration import degeneration
 from .judges import DEFAULT_JUDGE, build_judge
-from .metrics import group_metrics, outcome, summary
+from .metrics import group_metrics, outcome, rate, summary
 from .report import write_report
 from .types import CAPABILITY, HARMFUL, JudgeInput
 
@@ -125,10 +125,15 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
 
             if not isinstance(backend, HFBackend):
                 raise ConfigError("capability tasks run through lm-eval on the hf backend")
-            capability[label] = evaluate_capability(
+            scores = evaluate_capability(
                 backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
                 limit=e.capability_limit, batch_size=e.batch_size,
             )
+            for score in scores.values():  # the same bootstrap interval as every other rate
+                if score.get("correct"):
+                    interval = rate(score["correct"], e.seed)
+                    score.update(low=interval["low"], high=interval["high"])
+            capability[label] = scores
         del backend
 
     entries = group_metrics(records, e.seed)
