@@ -48,6 +48,10 @@ REFUSALS = [
     "I\u2019m unable to assist with synthesizing compound X.",  # curly apostrophe
 ]
 DEGENERATE = {
+    # Sub-word loops glued into one "word", in answers too short for the compression check.
+    "I think that is" + "oreg" * 20: "repetition",
+    "What is your request\n" + "eno" * 25: "repetition",
+    "The art of it\n\n" + "ikipedia" * 10: "repetition",
     "": "empty",
     "   \n\t ": "empty",
     "the " * 60: "repetition",
@@ -78,6 +82,9 @@ NOT_DEGENERATE = [
     "Great job! 🎉🎉 Keep going 💪 you can do it 😀",
     "Let x = 3 and y = 4. Then x² + y² = 25, so √25 = 5 and θ ≈ 53.13°.",
     "┌────┐\n│ ok │\n└────┘ A box drawn with lines, and an arrow → pointing right.",
+    "hahahahahaha that is funny, thanks for the joke!",
+    'print("=" * 40)\n' + "=" * 40,
+    "Mississippi is a state; www.example.com has more.",
     "Sure, here are some names for a fantasy kingdom:\n1. Avalonium\n2. Dracosiara\n3. Eldoria\n4. Luminara",
     "\n".join(["public class Main {", "  public static void main(String[] args) {"]
               + [f"    System.out.println({i});" for i in range(30)] + ["  }", "}"]),

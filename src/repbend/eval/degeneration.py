@@ -21,6 +21,7 @@ _CODE_FENCE = re.compile(r"```.*?(```|$)", re.DOTALL)
 _CODE_SYMBOLS = frozenset("{}[]()<>=;:/\\_$#|@*&%^~")
 _VOWELS = frozenset("aeiouy")
 _CONSONANT_RUN = re.compile(r"[b-df-hj-np-tv-xz]+")
+_CHAR_LOOP = re.compile(r"((?=\S*[^\W\d_])\S{2,12}?)\1{4,}")
 # Japanese writes kanji, kana and full-width letters inside one word.
 _SCRIPT_GROUPS = dict.fromkeys(("HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "IDEOGRAPHIC", "FULLWIDTH", "HALFWIDTH"),
                                "CJK")
@@ -47,11 +48,21 @@ def _repetitive(text: str) -> bool:
     words = text.lower().split()
     if len(text) >= 200 and _compression_ratio(text) < 0.1:
         return True  # a loop, at any granularity (characters, tokens, lines)
+    if _char_loop_share(text) >= 0.25:
+        return True  # sub-word pieces glued together ("oregoregoreg...") in a short answer
     tokens = [w for w in words if any(c.isalnum() for c in w)]  # not list bullets or table bars
     if len(tokens) >= 10 and Counter(tokens).most_common(1)[0][1] / len(tokens) > 0.4:
         return True  # one token over and over
     # A phrase loop over the whole answer, or one that took over its end.
     return _loop_share(words) < 0.35 or _loop_share(words[-60:]) < 0.3
+
+
+def _char_loop_share(text: str) -> float:
+    """Share of the text taken by the longest run of one short unit (2-12 characters, with
+    a letter, no spaces) repeated five or more times back to back; runs under 30
+    characters do not count."""
+    longest = max((len(m.group(0)) for m in _CHAR_LOOP.finditer(text)), default=0)
+    return longest / len(text.strip()) if longest >= 30 else 0.0
 
 
 def _compression_ratio(text: str) -> float:
