@@ -225,7 +225,7 @@ def test_saved_config_has_every_default(tmp_path):
 
     save_config(load_config(None), tmp_path / "c.yaml")
     data = yaml.safe_load((tmp_path / "c.yaml").read_text())
-    assert set(data) == {"model", "lora", "data", "loss", "train", "eval", "build", "output_dir"}
+    assert set(data) == {"model", "lora", "data", "loss", "train", "eval", "build", "compare", "tune", "analysis", "output_dir"}
     assert data["loss"]["kl_temperature"] == 2.0 and data["train"]["micro_batch"] == 4
 
 

@@ -1,6 +1,8 @@
 """Rendering with chat templates, token selection per loss mode, collation, micro-batches."""
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 
 import pytest
@@ -421,6 +423,16 @@ def test_group_by_length_lowers_padding():
     # Still deterministic.
     again = MicroBatches({"safe": rows}, micro_batch=4, seed=0, pad_id=0, group_by_length=True)
     assert [row_ids(again(i)["safe"]) for i in (0, 42)] == [row_ids(grouped(i)["safe"]) for i in (0, 42)]
+
+
+def test_group_by_length_mixes_long_and_short_batches_over_steps():
+    # Two kinds of rows, long and short: sorted windows alone would give 25 long
+    # micro-batches in a row; shuffled micro-batches alternate within a few steps.
+    rows = varied_rows(100, seed=1, low=150, high=200) + varied_rows(100, seed=2, low=2, high=20)
+    grouped = MicroBatches({"safe": rows}, micro_batch=4, seed=0, pad_id=0, group_by_length=True)
+    long = [grouped(i)["safe"].processed_tokens > 4 * 100 for i in range(50)]
+    longest_run = max(len(list(run)) for flag, run in itertools.groupby(long) if flag)
+    assert 10 < sum(long) < 40 and longest_run < 10
 
 
 def test_zero_token_budget_is_an_error(byte_tok):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from repbend.methods.terms import cosine_spread, kl_divergence, representation_distance, token_cross_entropy
 
@@ -234,3 +235,15 @@ def test_token_cross_entropy_bfloat16_in_float32():
 def test_token_cross_entropy_empty_is_zero():
     got = token_cross_entropy(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long))
     assert float(got) == 0.0 and not torch.isnan(got)
+
+
+def test_kl_gradient_matches_autograd_and_is_exactly_zero_at_equal_logits():
+    reference, logits = rand(5, 11, seed=8), rand(5, 11, seed=9).requires_grad_()
+    kl_divergence(reference, logits, 2, temperature=2.0).backward()
+    plain = logits.detach().clone().requires_grad_()
+    expected = F.kl_div(F.log_softmax(plain / 2, -1), F.log_softmax(reference / 2, -1), reduction="sum", log_target=True) * 4 / 2
+    expected.backward()
+    torch.testing.assert_close(logits.grad, plain.grad)
+    same = reference.clone().requires_grad_()
+    kl_divergence(reference, same, 2).backward()
+    assert torch.count_nonzero(same.grad) == 0

@@ -39,6 +39,24 @@ def test_step_zero_distances_and_kl_are_exactly_zero(tmp_path):
     assert output.terms["cosine"] > 0.0
 
 
+def test_options_beyond_the_recipe_start_at_their_floor_and_then_move(tmp_path):
+    # Safe KL is 0 while LoRA is a no-op and grows once it is not; the refusal CE is the
+    # model's own loss on P_us refusals from the start.
+    config = tiny(tmp_path, "loss.safe_kl_coef=1.0", "loss.refusal_ce_coef=1.0", "train.micro_batch=4")
+    tokenizer, model, method, streams = prepare(config)
+    model.eval()  # no dropout: the LoRA model equals the frozen one exactly
+    batches = MicroBatches(streams, 4, 0, tokenizer.pad_token_id)(0)
+    assert batches["safe"].is_refusal.any() and (~batches["safe"].is_refusal).any()
+    module = TrainingModule(model, method)
+    before = module(batches)
+    assert before.terms["safe_kl"] == 0.0 and before.terms["refusal_ce"] > 0.0
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    assert module(batches).terms["safe_kl"] > 0.0
+
+
 def test_training_writes_outputs_and_adapter_reloads(tmp_path):
     from peft import PeftModel
 
@@ -167,6 +185,11 @@ def test_cli_train_and_error_exit(tmp_path, capsys):
 
     assert main(["train", str(TINY), f"output_dir={tmp_path / 'cli'}", "steps=2", "-q"]) == 0
     assert "adapter:" in capsys.readouterr().out
+    # overrides after an option still count (argparse alone would reject them)
+    assert main(["train", str(TINY), "-q", f"output_dir={tmp_path / 'cli2'}", "steps=1"]) == 0
+    assert "trained 1 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", str(TINY), "-q", "--bogus"])
     assert main(["train", str(TINY), "train.lrr=1"]) == 2
     assert "train.lr" in capsys.readouterr().err
 

@@ -35,9 +35,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def temporary(final: Path) -> Path:
+    """The temporary sibling of ``final`` that :func:`atomic_dir` creates."""
+    return final.parent / f".tmp-{final.name}"
+
+
 def atomic_dir(final: Path) -> Path:
     """A fresh temporary sibling folder to fill and then pass to :func:`commit_dir`."""
-    tmp = final.parent / f".tmp-{final.name}"
+    tmp = temporary(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -55,17 +60,31 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, rank_rng: dict, keep: int) -> Path:
     """Write ``root/step-N``; ``rank_rng`` maps process rank -> RNG state."""
-    final = root / f"{PREFIX}{step:06d}"
+    final = checkpoint_dir(root, step)
     tmp = atomic_dir(final)
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rank_rng, tmp / "rng.pt")
+    return finish_checkpoint(tmp, final, step, keep)
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"{PREFIX}{step:06d}"
+
+
+def finish_checkpoint(tmp: Path, final: Path, step: int, keep: int) -> Path:
+    """Mark the filled ``tmp`` complete, move it to ``final`` and drop all but the newest
+    ``keep`` checkpoints."""
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     commit_dir(tmp, final)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+    for old in list_checkpoints(final.parent)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_step(folder: Path) -> int:
+    return json.loads((folder / "state.json").read_text())["step"]
 
 
 def list_checkpoints(root: Path) -> list:
@@ -88,5 +107,4 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple:
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
     rng = torch.load(folder / "rng.pt", weights_only=False)
-    step = json.loads((folder / "state.json").read_text())["step"]
-    return step, rng
+    return checkpoint_step(folder), rng

@@ -15,12 +15,18 @@ OVERRIDES_HELP = "key=value overrides, e.g. train.lr=1e-4 output_dir=runs/x (dot
 
 
 def _train(args) -> int:
+    from accelerate import PartialState
+
     from .config import load_config
     from .train import train
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)  # a bad config fails before any launch
+    if args.num_processes or args.accelerate_config:
+        return _launch(args)
     started = time.time()
     result = train(config, resume=args.resume, progress=not args.quiet)
+    if not PartialState().is_main_process:
+        return 0
     minutes = (time.time() - started) / 60
     metrics = {k: round(v, 4) for k, v in result.last_metrics.items() if isinstance(v, float)}
     print(f"\ntrained {result.steps} steps in {minutes:.1f} min")
@@ -30,6 +36,30 @@ def _train(args) -> int:
     if metrics:
         print("last step: " + json.dumps(metrics))
     return 0
+
+
+def _launch(args) -> int:
+    """Run this same ``train`` command under ``accelerate launch`` (one process per GPU,
+    or gloo processes on a CPU machine)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:  # a free port: two runs on one machine must not meet on 29500
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--main_process_port", str(port)]
+    if args.num_processes:
+        launch += ["--num_processes", str(args.num_processes)]
+    if args.accelerate_config:
+        launch += ["--config_file", args.accelerate_config]
+    elif (args.num_processes or 1) > 1:
+        # accelerate's torchrun launcher: DDP over NCCL, or gloo where there is no GPU
+        # (its --cpu launcher needs MPI for several processes).
+        launch += ["--multi_gpu"]
+    command = [*launch, "-m", "repbend", *(["-v"] if args.verbose else []), "train", args.config, *args.overrides]
+    command += [flag for flag, on in (("--resume", args.resume), ("-q", args.quiet)) if on]
+    print("running: " + " ".join(command), flush=True)
+    return subprocess.call(command)
 
 
 def _eval(args) -> int:
@@ -82,6 +112,38 @@ def _run(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from .analysis import analyze, summary_lines
+    from .config import load_config
+
+    result = analyze(load_config(args.config, args.overrides), progress=not args.quiet)
+    print("\n" + "\n".join(summary_lines(result)))
+    return 0
+
+
+def _tune(args) -> int:
+    from .config import load_config
+    from .tune import summary_lines, tune
+
+    result = tune(load_config(args.config, args.overrides), progress=not args.quiet)
+    print("\n" + "\n".join(summary_lines(result)))
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import compare
+    from .config import load_config
+
+    config = load_config(args.config, args.overrides)
+    started = time.time()
+    result = compare(config, progress=not args.quiet)
+    print("\n" + result.table)
+    print(f"took {(time.time() - started) / 60:.1f} min")
+    for name in ("compare.md", "compare.json", "safety_usability.png"):
+        print(f"{name + ':':<22}{result.output_dir / name}")
+    return 0
+
+
 def config_command(commands, name: str, handler, help: str, description: str, config_optional: bool = False):
     """A subcommand that reads CONFIG plus key=value overrides."""
     command = commands.add_parser(name, help=help, description=description)
@@ -110,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a LoRA adapter from CONFIG; writes adapter/, config.yaml and metrics.jsonl to output_dir.",
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    train.add_argument("--num-processes", type=int, metavar="N",
+                       help="run under `accelerate launch` with N processes (GPUs; gloo processes on a CPU machine)")
+    train.add_argument("--accelerate-config", metavar="FILE",
+                       help="accelerate config file for the launch (configs/accelerate/: DDP, DeepSpeed ZeRO-2/3, FSDP)")
     config_command(
         commands, "eval", _eval,
         help="evaluate the base model and adapters under attacks, with judges and intervals",
@@ -131,6 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
         config_optional=True,
     )
 
+    config_command(
+        commands, "analyze", _analyze,
+        help="logit lens and safe-vs-unsafe activation geometry, base vs adapter (PNGs, analysis.json/.md)",
+        description="Compare the base model (adapter disabled) with analysis.adapter (default OUTPUT_DIR/adapter; "
+        "a training run folder works too) on analysis.safe_path / analysis.unsafe_path (default the held-out sets "
+        "of the built data); writes to analysis.output_dir (default OUTPUT_DIR/analysis).",
+    )
+    config_command(
+        commands, "tune", _tune,
+        help="multi-objective Optuna search over training settings; the best point as a ready config",
+        description="Search CONFIG's tune.space (short trials scored on a tuning split carved from the training "
+        "data), store the study in OUTPUT_DIR/tune/study.db (re-run to resume), write the Pareto front "
+        "(front.md/.json/.png) and best.yaml, then `repbend run` best.yaml on the held-out sets (OUTPUT_DIR/tune/final).",
+    )
+    config_command(
+        commands, "compare", _compare,
+        help="train RepBend and the baselines on one budget, evaluate them together, write compare.md",
+        description="Train each of CONFIG's compare.methods (overlays in configs/methods/) with the same data, "
+        "seed and step budget into OUTPUT_DIR/<method>/ (finished runs are reused), evaluate the base model and "
+        "every result in one evaluation, and write compare.md, compare.json and safety_usability.png.",
+    )
+
     report = commands.add_parser(
         "report",
         help="render the results table again from saved evaluation runs",
@@ -143,7 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting overrides at the first option (`CONFIG -q key=value`);
+    # key=value words after it are still overrides.
+    if extra:
+        if not hasattr(args, "overrides") or any(word.startswith("-") or "=" not in word for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)

@@ -102,8 +102,35 @@ class LossConfig:
     # pushing once far enough, and a refusal cross-entropy term on P_us responses.
     unsafe_distance_cap: Optional[float] = None
     refusal_ce_coef: float = 0.0
+    # KL(base || LoRA) on P_s responses, the first token included: keeps the answer-or-
+    # refuse choice on benign prompts where the base model had it.
+    safe_kl_coef: float = 0.0
     # Leave P_us rows out of the safe distance (they are still used by other terms).
     safe_includes_refusals: bool = True
+
+    # Baselines (SPEC §7), each on the same training loop; a method reads only its group.
+    # Weight of the retain cross-entropy of npo (NPO-RT) and refusal_sft.
+    retain_coef: float = 1.0
+    # circuit_breaker: ReLU(cos(h', h)) on harmful text at cb_target_layers ("auto": 10
+    # and 20 of 32, scaled to depth) plus the L2 retain distance on every hidden state up
+    # to the highest of them; at optimizer step t of T the breaker weighs
+    # cb_alpha * (1 - t/(2T)) and the retain term cb_alpha * t/(2T) (CB's launch: 10).
+    cb_alpha: float = 10.0
+    cb_target_layers: Union[list, str] = "auto"
+    # rmu: hidden states at rmu_layer ("auto": index 8 of 32, the output of RMU's module 7,
+    # scaled) on harmful text pushed to rmu_steering_coef times a fixed random unit
+    # direction drawn with rmu_seed; on retain text the mean squared distance to the
+    # frozen model, weighted rmu_retain_coef (RMU's launch: 6.5 and 1200).
+    rmu_layer: Union[int, str] = "auto"
+    rmu_steering_coef: float = 6.5
+    rmu_retain_coef: float = 1200.0
+    rmu_seed: int = 0
+    # npo and dpo: the inverse temperature beta of the log-ratio against the frozen model.
+    npo_beta: float = 0.1
+    dpo_beta: float = 0.1
+    # task_arithmetic: theta0 + ta_safe_weight * tau_safe - ta_unsafe_weight * tau_unsafe.
+    ta_safe_weight: float = 0.5
+    ta_unsafe_weight: float = 0.1
 
 
 @dataclass
@@ -135,6 +162,9 @@ class BenchmarkSpec:
     limit: Optional[int] = None  # seeded sample of at most this many rows
     attacks: list = field(default_factory=lambda: ["direct"])
     label: Optional[str] = None  # the name in tables (default: name); tells two files of one layout apart
+    # "over_refusal" marks scary-but-benign sets (XSTest-like): their compliance is the
+    # over-refusal figure, kept apart from plain benign helpfulness.
+    role: Optional[str] = None
 
 
 @dataclass
@@ -187,6 +217,75 @@ class BuildConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """`repbend analyze`: logit lens and safe-vs-unsafe geometry, base vs adapter."""
+
+    # Prompt sets (generic JSONL, "{data_dir}" = the built data folder); None = the held-out sets.
+    safe_path: Optional[str] = None
+    unsafe_path: Optional[str] = None
+    adapter: Optional[str] = None  # adapter folder or training run folder; None = OUTPUT_DIR/adapter
+    limit: Optional[int] = 40  # prompts per group (seeded sample)
+    layers: Union[list, str] = "all"  # hidden-state indices: "all" (0..L), "auto" or a list
+    positions: int = 6  # last prompt positions in the logit-lens heat maps
+    max_answer_tokens: int = 8  # response tokens in the heat maps (generated or teacher-forced)
+    # Teacher-forced answer when neither the unsafe set (target) nor P_uu has one.
+    answer_text: str = "Sure, here is how to do that. First,"
+    batch_size: int = 8
+    output_dir: Optional[str] = None  # default: <output_dir>/analysis
+
+
+@dataclass
+class TuneConfig:
+    """`repbend tune`: a multi-objective Optuna search over training settings (see tune.py)."""
+
+    trials: int = 8  # finished (complete or pruned) trials the study should hold
+    timeout_minutes: Optional[float] = None  # no new trial starts after this (None = no limit)
+    storage: Optional[str] = None  # an Optuna storage URL; None = sqlite:///OUTPUT_DIR/tune/study.db
+    study_name: str = "repbend"
+    sampler: str = "tpe"  # tpe | nsga2
+    startup_trials: int = 4  # random trials before the sampler models the results
+    seed: int = 0
+    n_jobs: int = 1  # trials run at once (threads in one process)
+    # Dotted config key -> {low, high[, log | step]} or {choices: [...]}.
+    space: dict = field(default_factory=dict)
+    enqueue: list = field(default_factory=list)  # points (space key -> value) tried first
+    # The best point: helpfulness and over-refusal compliance at least these shares of
+    # the base model's, degenerate shares at most these (None = no bound).
+    min_helpful_ratio: Optional[float] = 0.95
+    min_overrefusal_ratio: Optional[float] = 0.85
+    max_benign_degenerate: Optional[float] = 0.03
+    max_harmful_degenerate: Optional[float] = None
+    # The tuning split, carved from the built training data (never the held-out sets).
+    harmful_prompts: int = 30
+    benign_prompts: int = 20
+    overrefusal_prompts: int = 20
+    overrefusal_benchmark: str = "xstest_like_pkg"
+    harmful_attacks: list = field(default_factory=lambda: ["direct"])
+    max_new_tokens: int = 48
+    # Train this many steps, check benign answers for degeneration, then finish (None = no check).
+    intermediate_check_step: Optional[int] = None
+    final: bool = True  # `repbend run` the best point's config (held-out numbers)
+
+
+@dataclass
+class CompareConfig:
+    """`repbend compare`: the methods trained with the same data, seed and step budget,
+    then evaluated together with the base model."""
+
+    methods: list = field(default_factory=lambda: [
+        "repbend", "circuit_breaker", "rmu", "npo", "refusal_sft", "dpo", "task_arithmetic"])
+    # Folder of <method>.yaml overlays (loss, lora and train sections) applied on top of
+    # this config for each method; relative paths that do not exist here are taken from
+    # the repository root.
+    method_dir: str = "configs/methods"
+    # method -> list of key=value overrides applied after its overlay.
+    overrides: dict = field(default_factory=dict)
+    # Build the data first as `repbend run` does (its cached build is reused).
+    build_data: bool = False
+    output_dir: Optional[str] = None  # default: <output_dir>
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -195,6 +294,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     output_dir: str = "runs/default"
 
 
@@ -370,6 +472,11 @@ def _resolve_paths(data: dict, base: Path) -> dict:
 
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
+
+
+def from_dict(data: dict) -> Config:
+    """A typed config from a mapping such as :func:`to_dict` returns (checked like a file)."""
+    return _build(Config, data, "")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -154,7 +154,8 @@ def load_model(config: ModelConfig, tokenizer=None):
             settings.setdefault("eos_token_id", tokenizer.eos_token_id)
         model_config = AutoConfig.for_model(model_type, **settings)
         torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        with torch.device(device):  # built where it runs: an 8B shape initialises in seconds on a GPU
+            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     else:
         name, kwargs = _weights_source(config)
         try:

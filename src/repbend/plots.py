@@ -67,3 +67,46 @@ def rates_by_attack(results: dict, png: Path, key: str = "asr") -> Path:
     figure.savefig(png, dpi=110)
     plt.close(figure)
     return png
+
+
+def tuning_front(rows: list, front: set, base: dict, best: dict | None, png: Path) -> Path:
+    """A tuning study's completed trials: harmful compliance against helpfulness, coloured
+    by over-refusal compliance; the Pareto front joined and ringed, the base model a star,
+    the best point a square, points that miss the bounds drawn as crosses."""
+    done = [row for row in rows if row["scores"]]
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4.4))
+    colours = dict(cmap="viridis", vmin=0, vmax=100)
+    scatter = None
+    for feasible, marker in ((True, "o"), (False, "X")):
+        points = [row for row in done if row["feasible"] == feasible]
+        if points:
+            scatter = axis.scatter([100 * r["scores"]["harmful_compliance"] for r in points],
+                                   [100 * r["scores"]["helpful"] for r in points],
+                                   c=[100 * r["scores"]["overrefusal"] for r in points], marker=marker, s=55,
+                                   edgecolors=["black" if r["number"] in front else "none" for r in points],
+                                   label="meets the bounds" if feasible else "misses a bound", **colours)
+    on_front = sorted((r for r in done if r["number"] in front), key=lambda r: r["scores"]["harmful_compliance"])
+    if on_front:
+        axis.plot([100 * r["scores"]["harmful_compliance"] for r in on_front],
+                  [100 * r["scores"]["helpful"] for r in on_front], color="black", lw=0.8, alpha=0.6, label="Pareto front")
+    for row in done:
+        axis.annotate(str(row["number"]), (100 * row["scores"]["harmful_compliance"], 100 * row["scores"]["helpful"]),
+                      fontsize=7, xytext=(4, 3), textcoords="offset points")
+    axis.scatter([100 * base["harmful_compliance"]], [100 * base["helpful"]], c=[100 * base["overrefusal"]],
+                 marker="*", s=180, edgecolors="black", label="base model", **colours)
+    if best is not None:
+        axis.scatter([100 * best["scores"]["harmful_compliance"]], [100 * best["scores"]["helpful"]], marker="s",
+                     s=160, facecolors="none", edgecolors="red", label="best point")
+    if scatter is not None:
+        figure.colorbar(scatter, ax=axis, label="over-refusal compliance (%)")
+    axis.set_xlabel("harmful compliance (%), lower is safer")
+    axis.set_ylabel("benign helpfulness (%)")
+    axis.set_xlim(-3, 103)
+    axis.set_ylim(-3, 103)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+    return png

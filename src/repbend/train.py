@@ -14,13 +14,15 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_dir, commit_dir, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    atomic_dir, checkpoint_dir, checkpoint_step, commit_dir, finish_checkpoint, list_checkpoints, load_checkpoint,
+    rng_state, save_checkpoint, set_rng_state, temporary,
+)
 from .config import Config, save_config
 from .data.collate import MicroBatches, pair_rows
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
@@ -28,6 +30,7 @@ from .data.render import render_all
 from .data.sets import build_sets, caps_from_config, require_sets
 from .errors import ConfigError, TrainingDiverged
 from .methods import TrainingModule, build_method
+from .methods.shards import Shards
 from .models import attach_lora, drop_quantizer, find_blocks, load_model, load_tokenizer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -157,7 +160,11 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     device = resolve_device(config.model.device)
-    accelerator = Accelerator(mixed_precision=resolve_precision(t.precision, device), cpu=device.type == "cpu")
+    accelerator = Accelerator(
+        mixed_precision=resolve_precision(t.precision, device), cpu=device.type == "cpu", gradient_accumulation_steps=t.grad_accum
+    )
+    if t.save_merged and _sharded(accelerator):
+        raise ConfigError("train.save_merged needs unsharded weights: under DeepSpeed or FSDP merge the saved adapter afterwards")
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
 
@@ -169,22 +176,30 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps)
-    module, optimizer = accelerator.prepare(TrainingModule(model, method), optimizer)
+    _configure_deepspeed(accelerator, t)
+    # LoRA is attached before prepare(), so the engine partitions and trains the adapter
+    # with the rest; the frozen passes run the same engine with the adapter disabled.
+    module, optimizer = accelerator.prepare(TrainingModule(model, method, Shards(accelerator.num_processes)), optimizer)
     runner = accelerator.unwrap_model(module).runner
 
     start = 0
     if resume:
         found = list_checkpoints(checkpoints)
-        if found:
+        if found and _sharded(accelerator):
+            accelerator.load_state(str(found[-1]))
+            scheduler.load_state_dict(torch.load(found[-1] / "scheduler.pt", weights_only=False))
+            start = checkpoint_step(found[-1])
+        elif found:
             start, rng = load_checkpoint(found[-1], model, optimizer, scheduler)
             set_rng_state(rng[accelerator.process_index])
+        if found:
             log.info("resumed from %s", found[-1])
     metrics = MetricsLog(out / "metrics.jsonl", start) if accelerator.is_main_process else None
     bar = Progress(t.steps, start, progress and accelerator.is_main_process)
     record: dict = {}
     try:
         for step in range(start + 1, t.steps + 1):
-            record = _train_step(step, t, batches, module, optimizer, scheduler, params, runner, accelerator)
+            record = _train_step(step, t, batches, module, optimizer, scheduler, runner, accelerator)
             if metrics is not None:
                 metrics.write(record)
             bar.update(step, record)
@@ -198,9 +213,11 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         bar.close()
 
     adapter_dir = out / "adapter"
+    # Every process takes part: ZeRO-3 and FSDP gather the sharded weights to the main one.
+    state = accelerator.get_state_dict(module)
     if accelerator.is_main_process:
         tmp = atomic_dir(adapter_dir)
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict={name.removeprefix("model."): value for name, value in state.items()})
         tokenizer.save_pretrained(str(tmp))
         commit_dir(tmp, adapter_dir)
         if t.save_merged:
@@ -209,28 +226,47 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     return TrainResult(out, adapter_dir, t.steps, record, model.eval())
 
 
-def _train_step(step, t, batches, module, optimizer, scheduler, params, runner, accelerator) -> dict:
+def _train_step(step, t, batches, module, optimizer, scheduler, runner, accelerator) -> dict:
     started = time.perf_counter()
+    accelerator.unwrap_model(module).method.start_step(step, t.steps)
     tokens_before = (runner.tokens.real, runner.tokens.processed)
     sums: dict = {}
     for micro in range(t.grad_accum):
         micro_batch = {name: batch.to(accelerator.device) for name, batch in batches((step - 1) * t.grad_accum + micro).items()}
-        sync = micro == t.grad_accum - 1
-        with nullcontext() if sync else accelerator.no_sync(module):
+        # accumulate() holds the gradient sync until the last micro-batch and divides the
+        # loss by grad_accum (under DeepSpeed the engine does both and steps in backward).
+        with accelerator.accumulate(module):
             with accelerator.autocast():
                 output = module(micro_batch)
             if not torch.isfinite(output.total):
                 raise TrainingDiverged(_diverged(step, f"the loss is {float(output.total.detach())}", output.terms))
-            accelerator.backward(output.total / t.grad_accum)
+            # The loss is this process's share of the global one; the engines average
+            # gradients over processes (methods.shards).
+            accelerator.backward(output.total * accelerator.num_processes)
         for name, value in {"total": float(output.total.detach()), **output.terms}.items():
             sums[name] = sums.get(name, 0.0) + value / t.grad_accum
+    if not _deepspeed(accelerator):  # DeepSpeed keeps its own gradient buffers
+        # DDP hands zeros to trainable parameters the loss did not reach (at step 1 only
+        # the cosine term has a gradient: LoRA blocks above the target layers get none).
+        # One process gives them zeros too, so AdamW's step counts, hence the run, do not
+        # depend on the number of processes.
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+    real = runner.tokens.real - tokens_before[0]
+    processed = runner.tokens.processed - tokens_before[1]
     if accelerator.num_processes > 1:
         names = sorted(sums)
-        reduced = accelerator.reduce(torch.tensor([sums[n] for n in names], device=accelerator.device), "mean")
-        sums = dict(zip(names, reduced.tolist()))
-    grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else math.inf)
-    grad_norm = float(grad_norm)
-    if not math.isfinite(grad_norm):
+        values = [sums[n] for n in names] + [real, processed]
+        reduced = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum").tolist()
+        sums = dict(zip(names, reduced))
+        real, processed = int(reduced[-2]), int(reduced[-1])
+    # All parameters: FSDP computes the global norm only when given the whole model's.
+    grad_norm = accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm if t.max_grad_norm else math.inf)
+    # DeepSpeed has stepped already (in the last backward) and may not report the norm.
+    grad_norm = float(grad_norm) if grad_norm is not None else None
+    if grad_norm is not None and not math.isfinite(grad_norm):
         raise TrainingDiverged(_diverged(step, f"the gradient norm is {grad_norm}", sums))
     if t.max_unsafe_distance is not None and sums.get("unsafe_distance", 0.0) > t.max_unsafe_distance:
         raise TrainingDiverged(
@@ -241,8 +277,6 @@ def _train_step(step, t, batches, module, optimizer, scheduler, params, runner, 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - started
-    real = runner.tokens.real - tokens_before[0]
-    processed = runner.tokens.processed - tokens_before[1]
     return {
         "step": step,
         **sums,
@@ -260,7 +294,45 @@ def _diverged(step: int, what: str, terms: dict) -> str:
     return f"training diverged at step {step}: {what} ({detail})"
 
 
+def _deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def _sharded(accelerator) -> bool:
+    """DeepSpeed ZeRO and FSDP split weights or optimizer state over processes."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def _configure_deepspeed(accelerator, t) -> None:
+    """No DataLoader goes through prepare(), so DeepSpeed learns the batch, accumulation
+    and clipping from the config here (the accelerate config files leave them out)."""
+    if not _deepspeed(accelerator):
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch // accelerator.num_processes
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["gradient_clipping"] = t.max_grad_norm or 0.0
+
+
 def _save(root, step, model, optimizer, scheduler, keep, accelerator) -> None:
+    if _sharded(accelerator):
+        # Each process writes its part of the weights and optimizer state (and its RNG
+        # state) through accelerate; the main process completes the folder.
+        final = checkpoint_dir(root, step)
+        if accelerator.is_main_process:
+            atomic_dir(final)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary(final)))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            torch.save(scheduler.state_dict(), temporary(final) / "scheduler.pt")
+            finish_checkpoint(temporary(final), final, step, keep)
+        accelerator.wait_for_everyone()
+        return
     states = accelerator.gather_for_metrics([rng_state()], use_gather_object=True) if accelerator.num_processes > 1 else [rng_state()]
     if accelerator.is_main_process:
         save_checkpoint(root, step, model, optimizer, scheduler, dict(enumerate(states)), keep)

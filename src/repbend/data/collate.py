@@ -74,14 +74,14 @@ def select_tokens(batch: Batch, mode: str) -> torch.Tensor:
         mask = torch.zeros_like(batch.prompt_mask)
         last = batch.prompt_mask.sum(dim=1) - 1
         has_prompt = last >= 0
-        mask[torch.arange(len(batch))[has_prompt], last[has_prompt]] = True
+        mask[torch.arange(len(batch), device=mask.device)[has_prompt], last[has_prompt]] = True
         return mask
     raise ConfigError(f"loss mode {mode!r} is unknown; choose one of {', '.join(LOSS_MODES)}")
 
 
 def first_response_tokens(batch: Batch, count: torch.Tensor) -> torch.Tensor:
     """Bool [B, T]: the first ``count[b]`` response tokens of each row."""
-    positions = torch.arange(batch.input_ids.shape[1]).unsqueeze(0)
+    positions = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device).unsqueeze(0)
     start = batch.prompt_mask.sum(dim=1, keepdim=True)
     return batch.response_mask & (positions < start + count.unsqueeze(1))
 
@@ -106,12 +106,17 @@ class Stream:
             order = list(range(len(self.rows)))
             rng.shuffle(order)
             if self.group_by_length:
+                # Sort each window by length and cut it into micro-batches, then shuffle
+                # those: sorted order alone would feed long runs of one kind of row
+                # (long benign answers, then short refusals) for many steps in a row.
                 window = LENGTH_WINDOW * self.micro_batch
-                order = [
-                    i
-                    for start in range(0, len(order), window)
-                    for i in sorted(order[start : start + window], key=lambda j: -_length(self.rows[j]))
-                ]
+                grouped = []
+                for start in range(0, len(order), window):
+                    chunk = sorted(order[start : start + window], key=lambda j: -_length(self.rows[j]))
+                    batches = [chunk[i : i + self.micro_batch] for i in range(0, len(chunk), self.micro_batch)]
+                    rng.shuffle(batches)
+                    grouped += [i for batch in batches for i in batch]
+                order = grouped
             self._orders = {epoch: order}  # only the current epoch is ever needed again
         return self._orders[epoch]
 

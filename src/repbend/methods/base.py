@@ -16,7 +16,8 @@ from torch import nn
 
 from ..config import LossConfig
 from ..registry import Registry
-from ..models import decoder_of, lm_head_logits
+from ..models import decoder_of, lm_head_logits, resolve_layers
+from .shards import LOCAL, Shards
 
 
 @dataclass
@@ -32,10 +33,12 @@ class TokenCounter:
 
 
 class Runner:
-    """Runs one model (LoRA on, or off as the frozen reference) on a batch."""
+    """Runs one model (LoRA on, or off as the frozen reference) on a batch. ``shards``:
+    how the global micro-batch is split over processes; loss terms reduce through it."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, shards: Shards = LOCAL):
         self.model = model
+        self.shards = shards
         self.decoder = decoder_of(model)
         self.tokens = TokenCounter()
 
@@ -77,6 +80,8 @@ class Runner:
 
 @dataclass
 class LossOutput:
+    # This process's shares of the global loss and terms (the values themselves with one
+    # process); summed over processes they give the global values (see .shards).
     total: torch.Tensor
     terms: dict = field(default_factory=dict)  # name -> float (detached), for logging
 
@@ -97,8 +102,20 @@ class Method:
         """Hidden-state indices the loss reads; LoRA adapts blocks up to the largest."""
         return []
 
+    def start_step(self, step: int, total_steps: int) -> None:
+        """Called once per optimizer step (1-based), before its micro-batches: schedules
+        count optimizer steps, so they do not change with gradient accumulation."""
+
     def loss(self, runner: Runner, batches: dict) -> LossOutput:
         raise NotImplementedError
+
+
+def scaled_layers(spec, of_32: tuple, num_blocks: int, what: str) -> list:
+    """Hidden-state indices from ``spec``; "auto" scales indices a method's paper gives
+    for 32 blocks to ``num_blocks`` (half rounded up, like the RepBend band)."""
+    if spec == "auto":
+        spec = sorted({min(num_blocks, max(1, int(index * num_blocks / 32 + 0.5))) for index in of_32})
+    return resolve_layers(spec, num_blocks, what)
 
 
 METHODS = Registry("loss.method")
@@ -116,11 +133,13 @@ class TrainingModule(nn.Module):
     """The LoRA model and its method as one module, so a distributed wrapper sees a single
     forward per micro-batch however many passes the loss makes inside it."""
 
-    def __init__(self, model: nn.Module, method: Method):
+    def __init__(self, model: nn.Module, method: Method, shards: Shards = LOCAL):
         super().__init__()
         self.model = model
         self.method = method
-        self.runner = Runner(model)
+        self.runner = Runner(model, shards)
+        # FSDP's auto-wrap reads the decoder block class from the prepared module.
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
 
     def forward(self, batches: dict) -> LossOutput:
         return self.method.loss(self.runner, batches)

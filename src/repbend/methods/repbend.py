@@ -66,6 +66,7 @@ class RepBend(Method):
     def loss(self, runner: Runner, batches: dict) -> LossOutput:
         c = self.config
         squared = c.norm == "squared"
+        shards = runner.shards
         terms = {}
 
         # Safe rows (P_s and P_us): stay where the base model had them.
@@ -76,16 +77,28 @@ class RepBend(Method):
         refusal_cosine = c.cosine_rows == "unsafe_and_refusal"
         cosine_tokens = select_tokens(safe, c.cosine_positions) & safe.is_refusal.unsqueeze(1)
         safe_union = distance_tokens | cosine_tokens if refusal_cosine else distance_tokens
-        logit_mask = targets = None
+        # Logits: the refusal CE reads P_us responses, the safe KL P_s responses (from the
+        # last prompt position on, where the model chooses between answering and refusing).
+        ce_mask = kl_mask = torch.zeros_like(safe.attention_mask)
         if c.refusal_ce_coef:
-            logit_mask, targets = next_token_targets(safe, safe.response_mask & safe.is_refusal.unsqueeze(1))
-        lora = runner.forward(safe, layers=self.safe_layers, token_mask=safe_union, logit_mask=logit_mask)
-        frozen = runner.forward(safe, layers=self.safe_layers, token_mask=distance_tokens, frozen=True)
+            ce_mask, targets = next_token_targets(safe, safe.response_mask & safe.is_refusal.unsqueeze(1))
+        if c.safe_kl_coef:
+            kl_mask, _ = next_token_targets(safe, safe.response_mask & ~safe.is_refusal.unsqueeze(1))
+        logit_union = ce_mask | kl_mask
+        lora = runner.forward(safe, layers=self.safe_layers, token_mask=safe_union,
+                              logit_mask=logit_union if c.refusal_ce_coef or c.safe_kl_coef else None)
+        frozen = runner.forward(safe, layers=self.safe_layers, token_mask=distance_tokens, frozen=True,
+                                logit_mask=kl_mask if c.safe_kl_coef else None)
         terms["safe_distance"] = representation_distance(
-            lora.hidden[:, within(safe_union, distance_tokens)], frozen.hidden, squared
+            lora.hidden[:, within(safe_union, distance_tokens)], frozen.hidden, squared, shards
         )
         if c.refusal_ce_coef:
-            terms["refusal_ce"] = token_cross_entropy(lora.logits, targets)
+            terms["refusal_ce"] = token_cross_entropy(lora.logits[within(logit_union, ce_mask)], targets, shards)
+        if c.safe_kl_coef:
+            answers = int((~safe.is_refusal).sum())
+            terms["safe_kl"] = kl_divergence(
+                frozen.logits, lora.logits[within(logit_union, kl_mask)], answers, c.kl_temperature, c.kl_reduction, shards
+            )
 
         # Unsafe rows (P_uu): pushed away from the base model, pulled together.
         unsafe = batches["unsafe"]
@@ -95,7 +108,7 @@ class RepBend(Method):
         lora_u = runner.forward(unsafe, layers=self.target_layers, token_mask=lora_tokens)
         frozen_u = runner.forward(unsafe, layers=self.target_layers, token_mask=distance_tokens, frozen=True)
         unsafe_distance = representation_distance(
-            lora_u.hidden[:, within(lora_tokens, distance_tokens)], frozen_u.hidden, squared
+            lora_u.hidden[:, within(lora_tokens, distance_tokens)], frozen_u.hidden, squared, shards
         )
         terms["unsafe_distance"] = unsafe_distance
         cosine_states = lora_u.hidden[:, within(lora_tokens, cosine_unsafe)]
@@ -103,14 +116,16 @@ class RepBend(Method):
             layer_index = [self.safe_layers.index(layer) for layer in self.target_layers]
             refusal_states = lora.hidden[layer_index][:, within(safe_union, cosine_tokens)]
             cosine_states = torch.cat([cosine_states, refusal_states], dim=1)
-        terms["cosine"] = cosine_spread(cosine_states)
+        terms["cosine"] = cosine_spread(cosine_states, shards)
 
         # Retain rows: the output distribution on benign chat stays the base model's.
         if "retain" in batches and c.kl_coef:
             retain = batches["retain"]
             lora_r = runner.forward(retain, logit_mask=retain.attention_mask)
             frozen_r = runner.forward(retain, logit_mask=retain.attention_mask, frozen=True)
-            terms["kl"] = kl_divergence(frozen_r.logits, lora_r.logits, len(retain), c.kl_temperature, c.kl_reduction)
+            terms["kl"] = kl_divergence(
+                frozen_r.logits, lora_r.logits, len(retain), c.kl_temperature, c.kl_reduction, shards
+            )
 
         # Paired term: the LoRA model on the harmful answer vs the base on the refusal.
         if "pair_unsafe" in batches and c.paired_coef:
@@ -120,15 +135,19 @@ class RepBend(Method):
             frozen_p = runner.forward(
                 pair_s, layers=self.target_layers, token_mask=first_response_tokens(pair_s, count), frozen=True
             )
-            terms["paired"] = representation_distance(lora_p.hidden, frozen_p.hidden, squared)
+            terms["paired"] = representation_distance(lora_p.hidden, frozen_p.hidden, squared, shards)
 
-        capped_unsafe = unsafe_distance if c.unsafe_distance_cap is None else unsafe_distance.clamp(max=c.unsafe_distance_cap)
+        # The cap applies to the global distance, so the shares are summed first.
+        capped_unsafe = unsafe_distance
+        if c.unsafe_distance_cap is not None and shards.total(unsafe_distance) > c.unsafe_distance_cap:
+            capped_unsafe = unsafe_distance.new_tensor(c.unsafe_distance_cap / shards.world)
         coefficients = {
             "safe_distance": c.safe_coef,
             "cosine": c.cosine_coef,
             "kl": c.kl_coef,
             "paired": c.paired_coef,
             "refusal_ce": c.refusal_ce_coef,
+            "safe_kl": c.safe_kl_coef,
         }
         total = -c.unsafe_coef * capped_unsafe
         for name, value in terms.items():
