@@ -247,3 +247,16 @@ def test_override_into_empty_section(tmp_path):
     path.write_text("train:\nlora:\n")
     assert load_config(path).train.steps == 450  # the file alone is fine
     assert load_config(path, ["train.steps=3"]).train.steps == 3
+
+
+def test_include_lays_a_config_over_another(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {steps: 30, lr: 0.001}\nloss: {safe_kl_coef: 8.0}\noutput_dir: runs/a\n")
+    (tmp_path / "top.yaml").write_text("include: base.yaml\ntrain: {steps: 20}\noutput_dir: runs/b\n")
+    config = load_config(tmp_path / "top.yaml", ["train.lr=0.002"])
+    assert (config.train.steps, config.train.lr, config.loss.safe_kl_coef, config.output_dir) == (20, 0.002, 8.0, "runs/b")
+    (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("include: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist .included from"):
+        load_config(tmp_path / "missing.yaml")

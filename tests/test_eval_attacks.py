@@ -141,7 +141,8 @@ def test_heldout_split_drops_near_duplicates_of_train_and_is_cached(small_source
 
 
 def test_template_attack_fills_every_row_into_every_template(small_sources, tmp_path):
-    attacked = prepare("template", [PLAIN, CONTEXTUAL], cache_dir=tmp_path, options={"split": "train"})
+    # The evaluation passes every attack the model's identity beside its own options.
+    attacked = prepare("template", [PLAIN, CONTEXTUAL], cache_dir=tmp_path, options={"split": "train", "identity": "m"})
     assert [(item.row.id, item.variant) for item in attacked] == [
         ("p1", "fixture/train0"), ("p1", "fixture/train1"), ("c1", "fixture/train0"), ("c1", "fixture/train1"),
     ]

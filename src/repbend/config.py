@@ -440,21 +440,45 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple | list = ())
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = _resolve_paths(data, path.parent)
+        data = _read_with_includes(path, ())
     data = apply_overrides(data, list(overrides))
     try:
         return _build(Config, data, "")
     except ConfigError as error:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{error}") from None
+
+
+def _read_with_includes(path: Path, seen: tuple) -> dict:
+    """A config file's mapping. ``include: other.yaml`` (relative to the file) is read
+    first and this file's keys are laid over it, mappings merged key by key, so a config
+    can say only how it differs from another one instead of copying it."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist" + (f" (included from {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: includes itself through {' -> '.join(map(str, seen))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = _resolve_paths(data, path.parent)
+    include = data.pop("include", None)
+    if include is None:
+        return data
+    if not isinstance(include, str):
+        raise ConfigError(f"{path}: include: expected one file name, got {include!r}")
+    return _merged(_read_with_includes(path.parent / include, (*seen, path.resolve())), data)
+
+
+def _merged(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:

@@ -12,6 +12,8 @@ from ...registry import Registry
 from ..types import AttackedPrompt, BehaviorRow
 
 ATTACKS = Registry("attack")
+# Options every attack receives besides its own settings (the model under test's name).
+SHARED_OPTIONS = {"identity"}
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ...errors import ConfigError
 from ...packages import PACKAGES, package_file
 from ..benchmarks import normalise_text
 from ..types import AttackedPrompt, BehaviorRow
-from . import Attack, AttackContext, register
+from . import SHARED_OPTIONS, Attack, AttackContext, register
 from .simple import request_text, user_turn
 
 # Placeholder styles: Jinja2 rendering of ``{{ prompt }}`` (pyrit), a literal marker
@@ -242,11 +242,11 @@ class TemplateAttack(Attack):
     name = "template"
 
     def prepare(self, rows: list[BehaviorRow], context: AttackContext) -> list[AttackedPrompt]:
-        unknown = sorted(set(context.options) - set(DEFAULT_OPTIONS))
+        unknown = sorted(set(context.options) - set(DEFAULT_OPTIONS) - SHARED_OPTIONS)
         if unknown:
             valid = ", ".join(DEFAULT_OPTIONS)
             raise ConfigError(f"template attack: unknown options {unknown}; valid: {valid}")
-        options = {**DEFAULT_OPTIONS, **context.options}
+        options = {**DEFAULT_OPTIONS, **{k: v for k, v in context.options.items() if k not in SHARED_OPTIONS}}
         limit = options["max_templates"]
         if limit is not None and limit < 0:
             raise ConfigError(f"template attack: max_templates must be at least 0, got {limit}")

@@ -24,11 +24,10 @@ from ...config import _build as build_dataclass
 from ...atomic import write_text
 from ...errors import ConfigError, RepbendError
 from ..types import BehaviorRow
+from . import SHARED_OPTIONS
 
 # Private-use characters: no chat template or behavior contains them.
 PLACEHOLDER = "\ue000attack\ue000"
-# Options every attack receives besides its own settings (the model under test's name).
-SHARED_OPTIONS = {"identity"}
 
 
 @dataclass(frozen=True)
