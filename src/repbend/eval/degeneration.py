@@ -50,6 +50,9 @@ def _repetitive(text: str) -> bool:
         return True  # a loop, at any granularity (characters, tokens, lines)
     if _char_loop_share(text) >= 0.25:
         return True  # sub-word pieces glued together ("oregoregoreg...") in a short answer
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) >= 4 and Counter(lines).most_common(1)[0][1] >= max(4, len(lines) / 2):
+        return True  # one line over and over, too short for the compression check
     tokens = [w for w in words if any(c.isalnum() for c in w)]  # not list bullets or table bars
     if len(tokens) >= 10 and Counter(tokens).most_common(1)[0][1] / len(tokens) > 0.4:
         return True  # one token over and over
