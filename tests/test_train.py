@@ -204,3 +204,11 @@ def test_embedded_smollm2_takes_a_training_step(tmp_path):
     row = metrics(result.output_dir)[0]
     assert row["step"] == 1 and torch.isfinite(torch.tensor(row["total"]))
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_a_method_reading_pairs_names_itself_when_the_data_has_none(tmp_path):
+    rows = [json.loads(line) for line in (ROOT / "examples" / "data" / "sample_train.jsonl").read_text().splitlines()]
+    unpaired = tmp_path / "unpaired.jsonl"
+    unpaired.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "pair_id"}) + "\n" for row in rows))
+    with pytest.raises(ConfigError, match="loss.method=dpo reads P_us/P_uu pairs"):
+        train(tiny(tmp_path, "loss.method=dpo", f"data.sources=[{{path: {unpaired}, layout: generic}}]"), progress=False)

@@ -80,7 +80,8 @@ def build_streams(config: Config, tokenizer, method) -> dict:
     if "pairs" in method.streams:
         unpaired, pairs = pair_rows(refusals + unsafe_rows)
         if not pairs:
-            raise ConfigError("loss.paired_coef > 0 needs P_us/P_uu rows that share a pair_id; the data has none")
+            why = "loss.paired_coef > 0" if method.name == "repbend" else f"loss.method={method.name}"
+            raise ConfigError(f"{why} reads P_us/P_uu pairs (rows that share a pair_id); the data has none")
         streams["pairs"] = pairs
         refusals = [row for row in unpaired if row.kind == UNSAFE_SAFE]
         unsafe_rows = [row for row in unpaired if row.kind == UNSAFE_UNSAFE]
