@@ -247,3 +247,9 @@ def test_kl_gradient_matches_autograd_and_is_exactly_zero_at_equal_logits():
     same = reference.clone().requires_grad_()
     kl_divergence(reference, same, 2).backward()
     assert torch.count_nonzero(same.grad) == 0
+
+
+def test_non_dominated_is_the_pareto_front_under_minimisation():
+    from repbend.eval.stats import non_dominated
+
+    assert non_dominated([(1, 3), (2, 2), (2, 3), (3, 1), (1, 3)]) == [0, 1, 3, 4]

@@ -28,6 +28,7 @@ from .config import Config, LossConfig, apply_overrides, from_dict, to_dict
 from .errors import ConfigError
 from .eval.metrics import ANSWERED, COMPLIED, DEGENERATE
 from .eval.report import percent
+from .eval.stats import non_dominated
 from .eval.types import BENIGN, HARMFUL
 
 log = logging.getLogger(__name__)
@@ -258,8 +259,7 @@ def render_markdown(data: dict) -> str:
 
 def pareto_front(points: list) -> list:
     """Indices of the points no other point beats on both axes (higher is better)."""
-    return [i for i, (x, y) in enumerate(points)
-            if not any(ox >= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points)]
+    return non_dominated([(-x, -y) for x, y in points])
 
 
 def safety_usability_plot(data: dict, png: Path) -> Path:

@@ -50,6 +50,7 @@ from .config import (ALIASES, BenchmarkSpec, Config, SourceConfig, TuneConfig, _
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .errors import ConfigError, TrainingDiverged
 from .eval.benchmarks import load_benchmark, normalise_text, sample_rows
+from .eval.stats import non_dominated
 from .eval.types import BENIGN, HARMFUL
 
 log = logging.getLogger(__name__)
@@ -561,9 +562,7 @@ def _signed(row: dict) -> list:
 
 def pareto_front(rows: list) -> list:
     """The rows no other row dominates (at least as good everywhere, better somewhere)."""
-    signed = [(row, _signed(row)) for row in rows]
-    return [row for row, mine in signed
-            if not any(all(o <= m for o, m in zip(other, mine)) and other != mine for _, other in signed)]
+    return [rows[i] for i in non_dominated([_signed(row) for row in rows])]
 
 
 def choose_best(rows: list) -> tuple:

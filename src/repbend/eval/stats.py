@@ -31,3 +31,10 @@ def bootstrap_interval(
     tail = (1 - level) / 2
     low, high = np.quantile(estimates, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def non_dominated(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the points no other point dominates, every coordinate to be minimised
+    (at least as low everywhere and different somewhere): the Pareto front."""
+    return [i for i, mine in enumerate(points)
+            if not any(all(o <= m for o, m in zip(other, mine)) and tuple(other) != tuple(mine) for other in points)]
