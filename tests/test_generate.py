@@ -20,6 +20,25 @@ def prompts(texts=QUESTIONS, prefill=""):
     ]
 
 
+def test_a_local_folder_identity_follows_its_weights(tiny_llama, byte_tok, tmp_path):
+    # Cached generations are keyed by identity: a folder rewritten in place (a new
+    # task-arithmetic merge) must not reuse the old model's answers.
+    import torch
+
+    from repbend.config import ModelConfig
+
+    folder = tmp_path / "merged"
+    tiny_llama.save_pretrained(folder)
+    byte_tok.save_pretrained(folder)
+    config = ModelConfig(name_or_path=str(folder), tokenizer="byte")
+    first = HFBackend.load(config).identity
+    assert first == HFBackend.load(config).identity
+    with torch.no_grad():
+        next(tiny_llama.parameters()).add_(1.0)
+    tiny_llama.save_pretrained(folder)
+    assert HFBackend.load(config).identity != first
+
+
 @pytest.fixture
 def backend(tiny_llama, byte_tok):
     return HFBackend(tiny_llama, byte_tok, "hf:tiny")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -170,6 +170,19 @@ def test_render_splits_prompt_and_response(templated):
         assert list(row.input_ids) == ids_of(tokenizer, spans["prompt_response"])
         assert (row.kind, row.pair_id, row.source) == (example.kind, example.pair_id, example.source)
         assert len(row) == len(row.input_ids)
+
+
+def test_an_opening_is_prompt_side_context(templated):
+    # Recovery rows: the opening follows the assistant header and no loss reads it as a
+    # target; the response span is the refusal alone.
+    tokenizer, template = templated
+    example = replace(EXAMPLES[1], opening="Placeholder compliant start\n\n", pair_id=None)
+    row = render_example(tokenizer, example, **LIMITS)
+    assert decode(tokenizer, row.input_ids[: row.prompt_len]) == template.prompt(example.messages) + example.opening
+    assert decode(tokenizer, row.input_ids[row.prompt_len :]) == example.response + template.eot
+    batch = collate([row], tokenizer.pad_token_id)
+    last = batch.input_ids[0][select_tokens(batch, "prompt_last")[0]].tolist()
+    assert decode(tokenizer, last) == decode(tokenizer, ids_of(tokenizer, example.opening)[-1:])
 
 
 @pytest.mark.parametrize("mode", LOSS_MODES)

@@ -11,8 +11,8 @@ import pytest
 
 from repbend.config import DataConfig, SourceConfig
 from repbend.data.examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE, Example
-from repbend.data.sets import build_sets, caps_from_config, load_sets, require_sets, save_sets
-from repbend.errors import DataError
+from repbend.data.sets import build_sets, caps_from_config, load_sets, recovery_rows, require_sets, save_sets
+from repbend.errors import ConfigError, DataError
 
 SAMPLE = Path(__file__).parents[1] / "examples" / "data" / "sample_train.jsonl"
 SOURCES = [SourceConfig(path=str(SAMPLE), layout="generic")]
@@ -146,3 +146,33 @@ def test_save_writes_empty_sets_and_load_checks_them(tmp_path):
     (tmp_path / "retain.jsonl").unlink()
     with pytest.raises(DataError, match="retain.jsonl is missing"):
         load_sets(tmp_path)
+
+
+def test_recovery_rows_put_an_answer_start_before_the_refusal():
+    sets = build_sets(SOURCES, NO_CAPS, seed=0)
+    answers = {row.pair_id: row.response for row in sets[UNSAFE_UNSAFE] if row.pair_id}
+    paired = [row for row in sets[UNSAFE_SAFE] if row.pair_id in answers]
+    assert paired
+    rows = recovery_rows(sets, 1.0, 5, seed=0)
+    assert len(rows) == len(paired)
+    for row, original in zip(rows, paired):
+        assert (row.kind, row.messages, row.response, row.pair_id) == (UNSAFE_SAFE, original.messages, original.response, None)
+        assert row.opening.endswith("\n\n")
+        opening = row.opening[:-2]
+        assert answers[original.pair_id].lstrip().startswith(opening)
+        assert 1 <= len(opening.split()) <= 5 and opening != answers[original.pair_id].strip()
+    assert recovery_rows(sets, 0.0, 5, seed=0) == []
+
+
+def test_recovery_rows_are_a_seeded_share():
+    sets = build_sets(SOURCES, NO_CAPS, seed=0)
+    half = recovery_rows(sets, 0.5, 24, seed=0)
+    assert 0 < len(half) < len(recovery_rows(sets, 1.0, 24, seed=0))
+    assert half == recovery_rows(sets, 0.5, 24, seed=0)
+    assert half != recovery_rows(sets, 0.5, 24, seed=1)
+
+
+@pytest.mark.parametrize("fraction, words", [(1.5, 24), (-0.1, 24), (0.5, 0)])
+def test_recovery_rows_reject_bad_settings(fraction, words):
+    with pytest.raises(ConfigError, match="data.recovery"):
+        recovery_rows(build_sets(SOURCES, NO_CAPS, seed=0), fraction, words, seed=0)

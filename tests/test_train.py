@@ -57,6 +57,21 @@ def test_options_beyond_the_recipe_start_at_their_floor_and_then_move(tmp_path):
     assert module(batches).terms["safe_kl"] > 0.0
 
 
+def test_recovery_rows_join_the_safe_stream_as_refusals(tmp_path):
+    plain = prepare(tiny(tmp_path))[3]["safe"]
+    tokenizer, _, _, streams = prepare(tiny(tmp_path, "data.recovery_fraction=1.0"))
+    added = [row for row in streams["safe"] if row.source.endswith("(recovery)")]
+    assert added and len(streams["safe"]) == len(plain) + len(added)
+    assert all(row.kind == "unsafe_safe" and row.pair_id is None for row in added)
+    # The opening sits on the prompt side: each recovery row's response is a plain
+    # row's refusal, and its prompt is longer.
+    plain_by_source = {row.source: row for row in plain}
+    for row in added:
+        original = plain_by_source[row.source.removesuffix(" (recovery)")]
+        assert row.input_ids[row.prompt_len :] == original.input_ids[original.prompt_len :]
+        assert row.prompt_len > original.prompt_len
+
+
 def test_training_writes_outputs_and_adapter_reloads(tmp_path):
     from peft import PeftModel
 

@@ -75,6 +75,12 @@ class DataConfig:
     max_retain_tokens: int = 1024
     # Sort rows of similar length into the same micro-batch (less padding).
     group_by_length: bool = False
+    # Beyond the recipe (off there): this share of the P_us rows that have a P_uu answer
+    # to the same prompt also come as "first 1..recovery_max_words words of that answer,
+    # then the refusal", the opening as context only, so the model learns to stop after
+    # a compliant start (Qi et al. 2024's safety-recovery examples; the prefill attack).
+    recovery_fraction: float = 0.0
+    recovery_max_words: int = 24
 
 
 @dataclass
@@ -367,7 +373,7 @@ def _build(cls, data: dict, prefix: str):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in types_:
-            raise ConfigError(_unknown_key(full, _all_keys(cls, prefix)))
+            raise ConfigError(unknown_key(full, all_keys(cls, prefix)))
         annotation = types_[key]
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = _build(annotation, value or {}, f"{full}.")
@@ -387,17 +393,28 @@ def _build(cls, data: dict, prefix: str):
 _LIST_FIELDS = {("DataConfig", "sources"): SourceConfig, ("EvalConfig", "benchmarks"): BenchmarkSpec}
 
 
-def _all_keys(cls, prefix: str = "") -> list:
+def all_keys(cls, prefix: str = "") -> list:
+    """Every dotted leaf key of a config dataclass."""
     keys = []
     for name, annotation in _field_types(cls).items():
         if dataclasses.is_dataclass(annotation):
-            keys += _all_keys(annotation, f"{prefix}{name}.")
+            keys += all_keys(annotation, f"{prefix}{name}.")
         else:
             keys.append(f"{prefix}{name}")
     return keys
 
 
-def _unknown_key(key: str, valid: list) -> str:
+def field_annotation(key: str):
+    """The type annotation of the config field at dotted ``key`` (e.g. ``train.lr``)."""
+    *sections, name = key.split(".")
+    cls = Config
+    for section in sections:
+        cls = _field_types(cls)[section]
+    return _field_types(cls)[name]
+
+
+def unknown_key(key: str, valid: list) -> str:
+    """The error message for an unknown key, with the closest valid ones."""
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown config key {key!r}{hint}"
@@ -418,11 +435,11 @@ def parse_override(text: str) -> tuple:
 
 def apply_overrides(data: dict, overrides: list) -> dict:
     """Apply ``key=value`` overrides to a raw (not yet typed) config mapping."""
-    valid = _all_keys(Config)
+    valid = all_keys(Config)
     for text in overrides:
         key, value = parse_override(text)
         if key not in valid and not any(v.startswith(key + ".") for v in valid):
-            raise ConfigError(_unknown_key(key, valid + list(ALIASES)))
+            raise ConfigError(unknown_key(key, valid + list(ALIASES)))
         node = data
         parts = key.split(".")
         for part in parts[:-1]:

@@ -50,6 +50,14 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def folder_digest(folder: Path) -> str:
+    """Digest of a model folder's weight files, so cached generations follow its content."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.gguf")):
+        digest.update(f"{path.name}:{file_digest(path)}".encode())
+    return digest.hexdigest()[:16]
+
+
 class HFBackend:
     """Batched generation with a transformers model (base, base + PEFT adapter, merged)."""
 
@@ -63,6 +71,9 @@ class HFBackend:
         tokenizer = load_tokenizer(model_config)
         model = load_model(model_config, tokenizer)
         identity = f"hf:{model_config.name_or_path}"
+        folder = Path(model_config.name_or_path)
+        if folder.is_dir():  # a local folder (e.g. a task-arithmetic merge) can be rewritten in place
+            identity += ":" + folder_digest(folder)
         if model_config.random_init is not None:
             identity += f":random:{json.dumps(model_config.random_init, sort_keys=True)}:{model_config.seed}"
         if adapter:

@@ -27,7 +27,7 @@ from .config import Config, save_config
 from .data.collate import MicroBatches, pair_rows
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .data.render import render_all
-from .data.sets import build_sets, caps_from_config, require_sets
+from .data.sets import build_sets, caps_from_config, recovery_rows, require_sets
 from .errors import ConfigError, TrainingDiverged
 from .methods import TrainingModule, build_method
 from .methods.shards import Shards
@@ -74,6 +74,8 @@ def build_streams(config: Config, tokenizer, method) -> dict:
     require_sets(sets, needed, config.data.sources)
     if "safe" in method.streams and not (sets[SAFE] or sets[UNSAFE_SAFE]):
         require_sets(sets, [SAFE], config.data.sources)
+    d = config.data
+    sets[UNSAFE_SAFE] = sets[UNSAFE_SAFE] + recovery_rows(sets, d.recovery_fraction, d.recovery_max_words, d.seed)
     rendered = {kind: render_all(tokenizer, rows, config.data) for kind, rows in sets.items()}
     refusals, unsafe_rows = rendered[UNSAFE_SAFE], rendered[UNSAFE_UNSAFE]
     streams = {}

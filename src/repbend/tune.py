@@ -45,8 +45,8 @@ from typing import Any, Optional
 
 from .atomic import write_text
 from .checkpoint import PREFIX, list_checkpoints
-from .config import (ALIASES, BenchmarkSpec, Config, SourceConfig, TuneConfig, _all_keys, _field_types, _unknown_key,
-                     from_dict, load_config, save_config, to_dict)
+from .config import (ALIASES, BenchmarkSpec, Config, SourceConfig, TuneConfig, all_keys, field_annotation,
+                     from_dict, load_config, save_config, to_dict, unknown_key)
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .errors import ConfigError, TrainingDiverged
 from .eval.benchmarks import load_benchmark, normalise_text, sample_rows
@@ -126,11 +126,7 @@ def with_values(config: Config, values: dict) -> Config:
 
 def _numeric_type(key: str):
     """int or float when the config field at ``key`` holds a number (None allowed), else None."""
-    *sections, name = key.split(".")
-    cls = Config
-    for section in sections:
-        cls = _field_types(cls)[section]
-    annotation = _field_types(cls)[name]
+    annotation = field_annotation(key)
     options = typing.get_args(annotation) or (annotation,)
     return float if float in options else int if int in options else None
 
@@ -138,13 +134,13 @@ def _numeric_type(key: str):
 def parse_space(space: dict, config: Config) -> list:
     """The dimensions of ``tune.space``; unknown or untunable keys and malformed specs are
     errors that name the key."""
-    valid = _all_keys(Config)
+    valid = all_keys(Config)
     dimensions = []
     for raw, spec in space.items():
         key = ALIASES.get(raw, raw)
         where = f"tune.space.{key}"
         if key not in valid:
-            raise ConfigError("tune.space: " + _unknown_key(key, valid + list(ALIASES)))
+            raise ConfigError("tune.space: " + unknown_key(key, valid + list(ALIASES)))
         if not key.startswith(TUNABLE) or key in FIXED:
             raise ConfigError(f"{where}: not tunable; a study searches lora., data. (but not data.sources), "
                               "loss. and train. keys")
@@ -266,7 +262,7 @@ def _pick(rows: list, labels: tuple, n: int, rng: random.Random, what: str) -> d
 
 def _overrefusal(config: Config) -> list:
     """The over-refusal benchmark's benign prompts that the final evaluation does not sample."""
-    from .data.packaged import _eval_record
+    from .data.packaged import eval_record
 
     t = config.tune
     rows = [row for row in load_benchmark(t.overrefusal_benchmark) if row.expected == BENIGN]
@@ -276,7 +272,7 @@ def _overrefusal(config: Config) -> list:
     if len(free) < t.overrefusal_prompts:
         raise ConfigError(f"tune.overrefusal_prompts={t.overrefusal_prompts}, but {t.overrefusal_benchmark} has only "
                           f"{len(free)} prompts outside the final evaluation's sample")
-    return [_eval_record(row) for row in sample_rows(free, t.overrefusal_prompts, t.seed)]
+    return [eval_record(row) for row in sample_rows(free, t.overrefusal_prompts, t.seed)]
 
 
 def carve_split(config: Config, data_dir: Path, folder: Path) -> TuneSplit:

@@ -19,7 +19,8 @@ class Example:
     dicts). For ``retain`` rows ``messages`` is the whole conversation and ``response``
     is None. ``pair_id`` links a P_us row and a P_uu row that share one prompt (the
     WildJailbreak pairs the paired term reads). ``source`` says where the row came from
-    (``file:line``) so errors and reports can point at it.
+    (``file:line``) so errors and reports can point at it. ``opening`` starts the
+    assistant turn before ``response`` as context, never as a target (recovery rows).
     """
 
     kind: str
@@ -27,6 +28,7 @@ class Example:
     response: str | None = None
     source: str = ""
     pair_id: str | None = None
+    opening: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -41,13 +43,16 @@ class Example:
         return ""
 
     def to_dict(self) -> dict:
-        return {
+        row = {
             "kind": self.kind,
             "messages": [dict(m) for m in self.messages],
             "response": self.response,
             "source": self.source,
             "pair_id": self.pair_id,
         }
+        if self.opening:
+            row["opening"] = self.opening
+        return row
 
     @classmethod
     def from_dict(cls, row: dict) -> "Example":
@@ -57,4 +62,5 @@ class Example:
             response=row.get("response"),
             source=row.get("source", ""),
             pair_id=row.get("pair_id"),
+            opening=row.get("opening", ""),
         )

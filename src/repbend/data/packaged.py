@@ -389,7 +389,7 @@ def _pair(row: BehaviorRow, pair_id: str, answer: str, answer_from: str, refusal
     ]
 
 
-def _eval_record(row: BehaviorRow) -> dict:
+def eval_record(row: BehaviorRow) -> dict:
     """A row in the ``generic`` benchmark layout (prompt, expected and optional fields)."""
     record = {"id": _origin(row), "prompt": row.prompt,
               "expected": HARMFUL if row.expected == HARMFUL else BENIGN, "benchmark": row.benchmark}
@@ -447,8 +447,8 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     rows[SAFE] = _safe_rows(train_benign, benign_answers, filtered)
     rows[RETAIN] = _retain(resolved["benign"], train_benign, rows[SAFE])
 
-    heldout_records = [_eval_record(row) for row in heldout]
-    heldout_benign_records = [_eval_record(row) for row in heldout_benign]
+    heldout_records = [eval_record(row) for row in heldout]
+    heldout_benign_records = [eval_record(row) for row in heldout_benign]
     counts = {kind: len(rows[kind]) for kind in KINDS}
     counts.update(heldout_harmful=len(heldout_records), heldout_benign=len(heldout_benign_records))
     texts = {

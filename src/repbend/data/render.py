@@ -5,6 +5,7 @@ and including the assistant header (``add_generation_prompt=True``), the respons
 what the template puts after it for the assistant turn (the text and the end-of-turn
 marker). Prompts are cut from the left so the assistant header, the position the
 ``prompt_last`` mode and the cosine term read, always survives; responses from the right.
+An example's ``opening`` (recovery rows) follows the header on the prompt side.
 """
 from __future__ import annotations
 
@@ -48,14 +49,16 @@ def render_example(
         ids = _ids(tokenizer, text)[:max_retain_tokens]
         return Rendered(tuple(ids), 0, example.kind, example.pair_id, example.source)
     prompt_text = _template(tokenizer, example.messages, example.source, add_generation_prompt=True)
+    answer = example.opening + example.response
     full_text = _template(
-        tokenizer, list(example.messages) + [{"role": "assistant", "content": example.response}], example.source
+        tokenizer, list(example.messages) + [{"role": "assistant", "content": answer}], example.source
     )
-    if full_text.startswith(prompt_text):
-        response_text = full_text[len(prompt_text) :]
+    if full_text.startswith(prompt_text + example.opening):
+        response_text = full_text[len(prompt_text) + len(example.opening) :]
     else:  # templates that rewrite earlier turns once an answer follows (e.g. reasoning)
         response_text = example.response + (tokenizer.eos_token or "")
-    prompt_ids = _ids(tokenizer, prompt_text)[-max_prompt_tokens:]
+    # The opening is context: it counts as prompt, so no loss reads it as a target.
+    prompt_ids = _ids(tokenizer, prompt_text)[-max_prompt_tokens:] + (_ids(tokenizer, example.opening) if example.opening else [])
     response_ids = _ids(tokenizer, response_text)[:max_response_tokens]
     if not response_ids:
         raise DataError("the response renders to no tokens", file=example.source, field="response", value=example.response)

@@ -3,21 +3,25 @@
 Capping samples with ``random.Random`` seeded from the data seed (string seeds hash with
 SHA-512, not ``hash()``), so the sets do not depend on PYTHONHASHSEED. Rows come back in
 their reading order. P_us and P_uu rows that share a ``pair_id`` are sampled by pair, so
-the paired term still finds both halves after capping.
+the paired term still finds both halves after capping. Recovery rows are derived from
+the capped sets at training time, so the saved sets stay what the sources gave.
 """
 from __future__ import annotations
 
 import json
 import random
+import re
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import DataConfig, SourceConfig
 from ..atomic import write_text
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE, Example
 from .readers import read_records, read_source
 
 PAIRED_KINDS = (UNSAFE_SAFE, UNSAFE_UNSAFE)
+WORD = re.compile(r"\s*\S+")
 
 
 def caps_from_config(data_config: DataConfig) -> dict[str, int | None]:
@@ -93,6 +97,29 @@ def _apply_caps(
         chosen = (in_kept_pair + unpaired + dropped)[: caps[kind]]
         result[kind] = [rows[i] for i in sorted(chosen)]
     return result
+
+
+def recovery_rows(sets: dict[str, list[Example]], fraction: float, max_words: int, seed: int) -> list[Example]:
+    """Safety-recovery rows (``data.recovery_fraction``): for a seeded share of the P_us
+    rows whose ``pair_id`` has a P_uu answer, the same refusal after that answer's first
+    1..``max_words`` words (never the whole answer), as new unpaired P_us rows."""
+    if not 0 <= fraction <= 1:
+        raise ConfigError(f"data.recovery_fraction: {fraction!r} is not between 0 and 1")
+    if max_words < 1:
+        raise ConfigError(f"data.recovery_max_words: {max_words!r} must be at least 1")
+    answers = {row.pair_id: row.response for row in sets[UNSAFE_UNSAFE] if row.pair_id and row.response}
+    rows = []
+    for row in sets[UNSAFE_SAFE]:
+        if fraction == 0 or row.pair_id not in answers:
+            continue
+        rng = random.Random(f"{seed}/recovery/{row.pair_id}")
+        if rng.random() >= fraction:
+            continue
+        words = WORD.findall(answers[row.pair_id])
+        count = rng.randint(1, max(1, min(max_words, len(words) - 1)))
+        opening = "".join(words[:count]).strip() + "\n\n"
+        rows.append(replace(row, opening=opening, pair_id=None, source=f"{row.source} (recovery)"))
+    return rows
 
 
 def require_sets(
