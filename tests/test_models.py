@@ -106,9 +106,17 @@ def test_lora_block_indices():
     assert lora_block_indices(LoraSettings(), [2, 3], 4) == [0, 1, 2, 3]
     assert lora_block_indices(LoraSettings(), [1, 2], 4) == [0, 1, 2]
     assert lora_block_indices(LoraSettings(layers="all"), [1], 4) == [0, 1, 2, 3]
-    assert lora_block_indices(LoraSettings(layers=[3, 1]), [1], 4) == [1, 3]
+    assert lora_block_indices(LoraSettings(layers=[3, 1]), [2], 4) == [1, 3]
+    assert lora_block_indices(LoraSettings(layers=[3, 1]), [], 4) == [1, 3]  # logits read every block
     with pytest.raises(ConfigError, match=r"0\.\.3"):
         lora_block_indices(LoraSettings(layers=[4]), [1], 4)
+
+
+def test_lora_blocks_after_every_loss_layer_are_an_error():
+    # Hidden state 2 is the output of blocks 0 and 1: LoRA on blocks 2..3 cannot move it
+    # (RMU's layer under the main job's LoRA band was such a silent no-op).
+    with pytest.raises(ConfigError, match=r"lora.layers starts at block 2.*hidden states \[1, 2\]"):
+        lora_block_indices(LoraSettings(layers=[2, 3]), [1, 2], 4)
 
 
 # ---------------------------------------------------------------- blocks and LoRA per family

@@ -239,7 +239,15 @@ def lora_block_indices(settings: LoraSettings, loss_layers: list[int], num_block
     bad = [i for i in settings.layers if not isinstance(i, int) or not 0 <= i < num_blocks]
     if bad:
         raise ConfigError(f"lora.layers: block {bad[0]!r} is out of range; valid blocks are 0..{num_blocks - 1}")
-    return sorted(set(settings.layers))
+    blocks = sorted(set(settings.layers))
+    # Hidden state h is the output of blocks 0..h-1: a loss read entirely before the first
+    # adapted block has no gradient, and training would silently change nothing.
+    if loss_layers and max(loss_layers) <= blocks[0]:
+        raise ConfigError(
+            f"lora.layers starts at block {blocks[0]}, but the loss reads hidden states {sorted(loss_layers)}, which "
+            f"come before it: training would change nothing; use lora.layers=auto or adapt blocks below {max(loss_layers)}"
+        )
+    return blocks
 
 
 def _linear_like(module: nn.Module) -> bool:
