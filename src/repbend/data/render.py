@@ -58,7 +58,7 @@ def render_example(
     else:  # templates that rewrite earlier turns once an answer follows (e.g. reasoning)
         response_text = example.response + (tokenizer.eos_token or "")
     # The opening is context: it counts as prompt, so no loss reads it as a target.
-    prompt_ids = _ids(tokenizer, prompt_text)[-max_prompt_tokens:] + (_ids(tokenizer, example.opening) if example.opening else [])
+    prompt_ids = _ids(tokenizer, prompt_text)[-max_prompt_tokens:] + _ids(tokenizer, example.opening)
     response_ids = _ids(tokenizer, response_text)[:max_response_tokens]
     if not response_ids:
         raise DataError("the response renders to no tokens", file=example.source, field="response", value=example.response)

@@ -107,10 +107,12 @@ def recovery_rows(sets: dict[str, list[Example]], fraction: float, max_words: in
         raise ConfigError(f"data.recovery_fraction: {fraction!r} is not between 0 and 1")
     if max_words < 1:
         raise ConfigError(f"data.recovery_max_words: {max_words!r} must be at least 1")
+    if fraction == 0:
+        return []
     answers = {row.pair_id: row.response for row in sets[UNSAFE_UNSAFE] if row.pair_id and row.response}
     rows = []
     for row in sets[UNSAFE_SAFE]:
-        if fraction == 0 or row.pair_id not in answers:
+        if row.pair_id not in answers:
             continue
         rng = random.Random(f"{seed}/recovery/{row.pair_id}")
         if rng.random() >= fraction:
