@@ -22,6 +22,10 @@ _CODE_SYMBOLS = frozenset("{}[]()<>=;:/\\_$#|@*&%^~")
 _VOWELS = frozenset("aeiouy")
 _CONSONANT_RUN = re.compile(r"[b-df-hj-np-tv-xz]+")
 _CHAR_LOOP = re.compile(r"((?=\S*[^\W\d_])\S{2,12}?)\1{4,}")
+# Loops a letter-free unit would miss: one digit over and over, and list markers with no
+# items between them ("1. 1. 2. 3. 4."); whitespace after each dot keeps "1.2.3.4.5" out.
+_DIGIT_LOOP = re.compile(r"(\d)\1{19,}")
+_EMPTY_LIST = re.compile(r"(?:(?<!\S)\d{1,3}\.\s+){5,}")
 # Japanese writes kanji, kana and full-width letters inside one word.
 _SCRIPT_GROUPS = dict.fromkeys(("HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "IDEOGRAPHIC", "FULLWIDTH", "HALFWIDTH"),
                                "CJK")
@@ -50,6 +54,8 @@ def _repetitive(text: str) -> bool:
         return True  # a loop, at any granularity (characters, tokens, lines)
     if _char_loop_share(text) >= 0.25:
         return True  # sub-word pieces glued together ("oregoregoreg...") in a short answer
+    if _DIGIT_LOOP.search(text) or _EMPTY_LIST.search(text):
+        return True
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) >= 4 and Counter(lines).most_common(1)[0][1] >= max(4, len(lines) / 2):
         return True  # one line over and over, too short for the compression check
