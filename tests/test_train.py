@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def test_options_beyond_the_recipe_start_at_their_floor_and_then_move(tmp_path):
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
     assert module(batches).terms["safe_kl"] > 0.0
+
+
+def test_unsafe_npo_starts_at_its_ceiling_and_lowers_harmful_answers(tmp_path):
+    # (2/beta) log 2 while LoRA is a no-op; training on it alone makes the P_uu answers
+    # less likely than under the base model.
+    config = tiny(tmp_path, "loss.unsafe_npo_coef=1.0", "loss.npo_beta=0.5", "loss.safe_coef=0",
+                  "loss.unsafe_coef=0", "loss.cosine_coef=0", "loss.kl_coef=0", "train.micro_batch=4",
+                  "train.lr=1e-2", "lora.dropout=0")
+    tokenizer, model, method, streams = prepare(config)
+    batches = MicroBatches(streams, 4, 0, tokenizer.pad_token_id)(0)
+    module = TrainingModule(model, method)
+    first = module(batches)
+    assert first.terms["unsafe_npo"] == pytest.approx(4 * math.log(2), rel=1e-5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(5):
+        optimizer.zero_grad()
+        module(batches).total.backward()
+        optimizer.step()
+    assert module(batches).terms["unsafe_npo"] < first.terms["unsafe_npo"] - 0.1
 
 
 def test_recovery_rows_join_the_safe_stream_as_refusals(tmp_path):

@@ -111,6 +111,9 @@ class LossConfig:
     # KL(base || LoRA) on P_s responses, the first token included: keeps the answer-or-
     # refuse choice on benign prompts where the base model had it.
     safe_kl_coef: float = 0.0
+    # NPO on P_uu answers (the output-level twin of d_u, beta = npo_beta): pushes their
+    # likelihood below the base model's, saturating once it is (Zhang et al. 2024).
+    unsafe_npo_coef: float = 0.0
     # Leave P_us rows out of the safe distance (they are still used by other terms).
     safe_includes_refusals: bool = True
 

@@ -24,7 +24,7 @@ class NPO(Method):
         c = self.config
         harmful = batches["unsafe"]
         log_ratio = response_log_probs(runner, harmful) - response_log_probs(runner, harmful, frozen=True)
-        forget = npo_loss(log_ratio, c.npo_beta)
+        forget = npo_loss(log_ratio, c.npo_beta, runner.shards)
         terms = {"npo": float(forget.detach()), "log_ratio": float(log_ratio.detach().mean())}
         total = forget
         if c.retain_coef:

@@ -1,7 +1,8 @@
 """Representation Bending (SPEC §3).
 
 L = safe_coef * d_s - unsafe_coef * d_u + cosine_coef * c + kl_coef * k + paired_coef * e
-(the recipe: 0.5, 0.5, 0.1, 0.3, 0), plus the optional refusal cross-entropy term.
+(the recipe: 0.5, 0.5, 0.1, 0.3, 0), plus the options beyond it (off in the recipe): a cap on
+d_u, refusal cross-entropy on P_us, KL to the base on P_s answers, NPO on P_uu answers.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ..data.collate import LOSS_MODES, first_response_tokens, select_tokens
 from ..errors import ConfigError
 from ..models import resolve_layers
 from .base import LossOutput, Method, Runner, register
-from .terms import cosine_spread, kl_divergence, representation_distance, token_cross_entropy
+from .terms import (cosine_spread, kl_divergence, npo_loss, representation_distance, sequence_log_probs,
+                    token_cross_entropy)
 
 CHOICES = {
     "loss_mode": LOSS_MODES,
@@ -105,8 +107,17 @@ class RepBend(Method):
         distance_tokens = select_tokens(unsafe, c.loss_mode)
         cosine_unsafe = select_tokens(unsafe, c.cosine_positions)
         lora_tokens = distance_tokens | cosine_unsafe
-        lora_u = runner.forward(unsafe, layers=self.target_layers, token_mask=lora_tokens)
-        frozen_u = runner.forward(unsafe, layers=self.target_layers, token_mask=distance_tokens, frozen=True)
+        npo_mask = None
+        if c.unsafe_npo_coef:
+            npo_mask, npo_targets = next_token_targets(unsafe, unsafe.response_mask)
+        lora_u = runner.forward(unsafe, layers=self.target_layers, token_mask=lora_tokens, logit_mask=npo_mask)
+        frozen_u = runner.forward(unsafe, layers=self.target_layers, token_mask=distance_tokens, frozen=True,
+                                  logit_mask=npo_mask)
+        if c.unsafe_npo_coef:
+            rows = npo_mask.nonzero(as_tuple=True)[0]
+            log_ratio = (sequence_log_probs(lora_u.logits, npo_targets, rows, len(unsafe))
+                         - sequence_log_probs(frozen_u.logits, npo_targets, rows, len(unsafe)))
+            terms["unsafe_npo"] = npo_loss(log_ratio, c.npo_beta, shards)
         unsafe_distance = representation_distance(
             lora_u.hidden[:, within(lora_tokens, distance_tokens)], frozen_u.hidden, squared, shards
         )
@@ -148,6 +159,7 @@ class RepBend(Method):
             "paired": c.paired_coef,
             "refusal_ce": c.refusal_ce_coef,
             "safe_kl": c.safe_kl_coef,
+            "unsafe_npo": c.unsafe_npo_coef,
         }
         total = -c.unsafe_coef * capped_unsafe
         for name, value in terms.items():

@@ -104,11 +104,12 @@ def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor, rows: torch.
     return token.new_zeros(num_rows).index_add(0, rows, token)
 
 
-def npo_loss(log_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+def npo_loss(log_ratio: torch.Tensor, beta: float, shards: Shards = LOCAL) -> torch.Tensor:
     """Negative preference optimisation: mean over sequences of
     -(2/beta) log sigmoid(-beta (log p_theta - log p_ref)); (2/beta) log 2 while the model
     is the reference, falling as its likelihood of the answers drops below the reference's."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio.float()).mean()
+    per_row = -(2.0 / beta) * F.logsigmoid(-beta * log_ratio.float())
+    return shards.mean(per_row.sum(), per_row.numel())
 
 
 def dpo_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:
