@@ -162,6 +162,27 @@ def test_template_attack_samples_max_templates_by_seed(small_sources, tmp_path):
     assert {variants(seed)[0] for seed in range(10)} == {"fixture/train0", "fixture/train1"}
 
 
+def test_template_attack_per_row_deals_each_row_one_template(small_sources, tmp_path):
+    rows = [BehaviorRow(id=f"r{index}", prompt=f"Placeholder request {index}", benchmark="unit") for index in range(5)]
+
+    def pairs(seed, **options):
+        attacked = prepare("template", rows, cache_dir=tmp_path, seed=seed,
+                           options={"split": "train", "per_row": True, **options})
+        return [(item.row.id, item.variant) for item in attacked]
+
+    dealt = pairs(0)
+    assert [row_id for row_id, _ in dealt] == [row.id for row in rows]  # one generation per row
+    variants = [variant for _, variant in dealt]
+    assert variants[0] != variants[1] and variants[:2] == variants[2:4]  # all used before any twice
+    assert pairs(0) == dealt and {tuple(v for _, v in pairs(seed)) for seed in range(10)} != {tuple(variants)}
+    # max_chars drops the longer (pirate) template: every row gets the librarian one
+    train = small_sources[0]
+    assert len(train[1].bare_text) < len(train[0].bare_text)
+    assert {variant for _, variant in pairs(0, max_chars=len(train[1].bare_text))} == {"fixture/train1"}
+    with pytest.raises(ConfigError, match="max_chars"):
+        pairs(0, max_chars=10)
+
+
 def test_template_attack_rejects_unknown_options_and_splits(small_sources, tmp_path):
     with pytest.raises(ConfigError, match="unknown options"):
         prepare("template", [PLAIN], cache_dir=tmp_path, options={"splt": "train"})
@@ -169,6 +190,8 @@ def test_template_attack_rejects_unknown_options_and_splits(small_sources, tmp_p
         prepare("template", [PLAIN], cache_dir=tmp_path, options={"split": "test"})
     with pytest.raises(ConfigError, match="max_templates"):
         prepare("template", [PLAIN], cache_dir=tmp_path, options={"max_templates": -1})
+    with pytest.raises(ConfigError, match="max_chars"):
+        prepare("template", [PLAIN], cache_dir=tmp_path, options={"max_chars": -1})
 
 
 # --- the real split (embeds ~1,300 long templates: minutes on a CPU) ----------------

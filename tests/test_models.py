@@ -337,3 +337,49 @@ def test_file_that_is_not_a_model(tmp_path):
 def test_bad_dtype_errors():
     with pytest.raises(ConfigError, match="model.dtype"):
         load_model(ModelConfig(random_init={"model_type": "llama"}, dtype="float8", device="cpu"))
+
+
+def _forbid_gguf_parsing(monkeypatch):
+    import gguf
+
+    def parse(*args, **kwargs):
+        raise AssertionError("the GGUF file was parsed again")
+
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", parse)
+
+
+def test_a_gguf_is_dequantized_once_into_a_cached_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPBEND_CACHE", str(tmp_path))
+    config = ModelConfig(name_or_path="smollm2-135m", dtype="float32", device="cpu")
+    tokenizer = load_tokenizer(config)  # the first load converts
+    [folder] = (tmp_path / "models").iterdir()
+    assert folder.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {path.name for path in folder.iterdir()}
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    _forbid_gguf_parsing(monkeypatch)
+    model = load_model(config, tokenizer)
+    again = load_tokenizer(config)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written
+    assert again.chat_template == tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert again("a placeholder request")["input_ids"] == tokenizer("a placeholder request")["input_ids"]
+    assert model.config.num_hidden_layers == 30 and model.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_the_cached_folder_holds_the_gguf_weights_and_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPBEND_CACHE", str(tmp_path))
+    direct_config = ModelConfig(name_or_path="smollm2-135m", dtype="float32", device="cpu", cache_dequantized=False)
+    direct_tokenizer = load_tokenizer(direct_config)
+    direct = load_model(direct_config, direct_tokenizer)
+    assert not (tmp_path / "models").exists()
+    cached_config = ModelConfig(name_or_path="smollm2-135m", dtype="float32", device="cpu")
+    cached = load_model(cached_config)
+    cached_tokenizer = load_tokenizer(cached_config)
+    assert direct.state_dict().keys() == cached.state_dict().keys()
+    assert all(torch.equal(value, cached.state_dict()[key]) for key, value in direct.state_dict().items())
+    text = direct_tokenizer.apply_chat_template([{"role": "user", "content": "name a placeholder"}], tokenize=False,
+                                                add_generation_prompt=True)
+    assert cached_tokenizer.apply_chat_template([{"role": "user", "content": "name a placeholder"}], tokenize=False,
+                                                add_generation_prompt=True) == text
+    assert cached_tokenizer(text)["input_ids"] == direct_tokenizer(text)["input_ids"]
+    assert (cached_tokenizer.eos_token, cached_tokenizer.pad_token) == (direct_tokenizer.eos_token, direct_tokenizer.pad_token)

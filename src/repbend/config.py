@@ -26,6 +26,9 @@ class ModelConfig:
     # Hub id, local folder, path to a .gguf file, or the alias "smollm2-135m" (embedded).
     name_or_path: str = "smollm2-135m"
     gguf_file: Optional[str] = None
+    # A GGUF is dequantized once into a cached transformers folder (fp32 safetensors,
+    # about 4 bytes a weight on disk) instead of being parsed again at every load.
+    cache_dequantized: bool = True
     revision: Optional[str] = None
     # Build a randomly initialised model from this transformers config dict instead of
     # loading weights (tests, benchmarks at a given shape). Needs "model_type".

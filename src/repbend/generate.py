@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .cache import file_digest, folder_digest
 from .errors import ConfigError, RepbendError
 
 
@@ -40,22 +41,6 @@ class GenerationError(RepbendError):
 def request_key(prompt) -> dict:
     """What identifies a prompt, whatever the backend: messages, prefill, embeddings."""
     return {"messages": [dict(m) for m in prompt.messages], "prefill": prompt.prefill, "embeds": prompt.embeds_digest}
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def folder_digest(folder: Path) -> str:
-    """Digest of a model folder's weight files, so cached generations follow its content."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.gguf")):
-        digest.update(f"{path.name}:{file_digest(path)}".encode())
-    return digest.hexdigest()[:16]
 
 
 class HFBackend:

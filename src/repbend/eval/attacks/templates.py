@@ -27,6 +27,7 @@ import yaml
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
+from ...cache import cache_root
 from ...embeddings import PACKAGE as EMBEDDER_PACKAGE
 from ...embeddings import embed
 from ...errors import ConfigError
@@ -187,10 +188,6 @@ def drop_near_duplicates(candidates: list[Template], reference: list[Template],
     return [template for template, cosine in zip(candidates, closest.tolist()) if cosine < max_cosine]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repbend"
-
-
 def _split_key(train: list[Template], heldout: list[Template]) -> str:
     # The texts are in the key too, so a changed source never reuses a stale split.
     versions = {}
@@ -216,7 +213,7 @@ def template_set(split: str, cache_dir: str | Path | None = None) -> list[Templa
     train_texts = {normalise_text(template.bare_text) for template in train}
     heldout = [template for template in _load_split(split) if normalise_text(template.bare_text) not in train_texts]
     cache_name = f"heldout-{_split_key(train, heldout)}.json"
-    cache_file = Path(cache_dir or default_cache_dir()) / "templates" / cache_name
+    cache_file = Path(cache_dir or cache_root()) / "templates" / cache_name
     if cache_file.exists():
         kept = set(json.loads(cache_file.read_text())["ids"])
         return [template for template in heldout if template.id in kept]
@@ -230,14 +227,16 @@ def template_set(split: str, cache_dir: str | Path | None = None) -> list[Templa
 
 # --- the attack ---------------------------------------------------------------------
 
-DEFAULT_OPTIONS = {"split": "train", "max_templates": None, "seed": None}
+DEFAULT_OPTIONS = {"split": "train", "max_templates": None, "max_chars": None, "per_row": False, "seed": None}
 
 
 @register
 class TemplateAttack(Attack):
-    """Every row filled into every template of the split (or a seeded sample of
-    ``max_templates`` of them). Options: ``split``, ``max_templates``, ``seed``
-    (default: the context's seed)."""
+    """Every row filled into every template of the split, or, with ``per_row``, each row
+    into one template of its own: one generation per row that still samples the whole
+    template population. Options: ``split``; ``max_chars`` drops templates longer than
+    that (their context would dominate time and memory); ``max_templates`` keeps a seeded
+    sample of that many; ``per_row``; ``seed`` (default: the context's seed)."""
 
     name = "template"
 
@@ -247,17 +246,29 @@ class TemplateAttack(Attack):
             valid = ", ".join(DEFAULT_OPTIONS)
             raise ConfigError(f"template attack: unknown options {unknown}; valid: {valid}")
         options = {**DEFAULT_OPTIONS, **{k: v for k, v in context.options.items() if k not in SHARED_OPTIONS}}
-        limit = options["max_templates"]
-        if limit is not None and limit < 0:
-            raise ConfigError(f"template attack: max_templates must be at least 0, got {limit}")
+        for key in ("max_templates", "max_chars"):
+            if options[key] is not None and options[key] < 0:
+                raise ConfigError(f"template attack: {key} must be at least 0, got {options[key]}")
         templates = template_set(options["split"], context.cache_dir)
+        if options["max_chars"] is not None:
+            templates = [template for template in templates if len(template.bare_text) <= options["max_chars"]]
+            if not templates:
+                raise ConfigError(f"template attack: no {options['split']} template is at most "
+                                  f"{options['max_chars']} characters long (max_chars)")
+        seed = context.seed if options["seed"] is None else options["seed"]
+        limit = options["max_templates"]
         if limit is not None and limit < len(templates):
-            seed = context.seed if options["seed"] is None else options["seed"]
             chosen = random.Random(f"{seed}/templates").sample(range(len(templates)), limit)
             templates = [templates[index] for index in sorted(chosen)]
+        if options["per_row"]:
+            # A seeded permutation dealt out in row order: every template is used before
+            # any is used twice, so small row sets still spread over the population.
+            order = random.Random(f"{seed}/pairing").sample(templates, len(templates))
+            pairs = [(row, order[index % len(order)]) for index, row in enumerate(rows)]
+        else:
+            pairs = [(row, template) for row in rows for template in templates]
         return [
             AttackedPrompt(row=row, attack=self.name, messages=user_turn(template.fill(request_text(row))),
                            variant=template.id, meta={"source": template.source, "licence": template.licence})
-            for row in rows
-            for template in templates
+            for row, template in pairs
         ]
