@@ -53,6 +53,9 @@ DEGENERATE = {
     "I think that is" + "oreg" * 20: "repetition",
     "What is your request\n" + "eno" * 25: "repetition",
     "The art of it\n\n" + "ikipedia" * 10: "repetition",
+    # Loops cut short by the token limit: a phrase that took over the end, a script run.
+    "Hey there, I'm here to help you, " + "I'm a bot, " * 5 + "I'm a": "repetition",
+    "\u05e7\u05d5" + "\u05d7\u05e7" * 11: "repetition",
     "": "empty",
     "   \n\t ": "empty",
     "the " * 60: "repetition",
@@ -88,6 +91,8 @@ NOT_DEGENERATE = [
     "Let x = 3 and y = 4. Then x² + y² = 25, so √25 = 5 and θ ≈ 53.13°.",
     "┌────┐\n│ ok │\n└────┘ A box drawn with lines, and an arrow → pointing right.",
     "hahahahahaha that is funny, thanks for the joke!",
+    "Yes, I can. Ready, set, go, go, go, go!",  # a short refrain, not a loop
+    "No, no, no, no. The capital of Australia is Canberra, not Sydney.",
     'print("=" * 40)\n' + "=" * 40,
     "Mississippi is a state; www.example.com has more.",
     "Sure, here are some names for a fantasy kingdom:\n1. Avalonium\n2. Dracosiara\n3. Eldoria\n4. Luminara",

@@ -62,8 +62,9 @@ def _repetitive(text: str) -> bool:
     tokens = [w for w in words if any(c.isalnum() for c in w)]  # not list bullets or table bars
     if len(tokens) >= 10 and Counter(tokens).most_common(1)[0][1] / len(tokens) > 0.4:
         return True  # one token over and over
-    # A phrase loop over the whole answer, or one that took over its end.
-    return _loop_share(words) < 0.35 or _loop_share(words[-60:]) < 0.3
+    # A phrase loop over the whole answer, or one that took over its end; the last check
+    # catches answers cut by the token limit while still short ("I'm a bot, I'm a bot, ...").
+    return _loop_share(words) < 0.35 or _loop_share(words[-60:]) < 0.3 or _tail_loop_share(words) >= 0.5
 
 
 def _char_loop_share(text: str) -> float:
@@ -71,7 +72,27 @@ def _char_loop_share(text: str) -> float:
     a letter, no spaces) repeated five or more times back to back; runs under 30
     characters do not count."""
     longest = max((len(m.group(0)) for m in _CHAR_LOOP.finditer(text)), default=0)
-    return longest / len(text.strip()) if longest >= 30 else 0.0
+    share = longest / len(text.strip())
+    # A shorter run counts when it is most of the answer (a loop cut by the token limit).
+    return share if longest >= 30 or (longest >= 16 and share >= 0.6) else 0.0
+
+
+def _tail_loop_share(words: list[str], max_unit: int = 8) -> float:
+    """Share of the words taken by a unit of 1-8 words repeated four or more times back to
+    back at the very end (the last copy may be cut short), when the loop is 8+ words."""
+    best = 0
+    for size in range(1, max_unit + 1):
+        for cut in range(size):  # words of a last, unfinished copy
+            end = len(words) - cut
+            unit = words[end - size : end]
+            if len(unit) < size or words[end:] != unit[:cut]:
+                continue
+            copies = 1
+            while end - (copies + 1) * size >= 0 and words[end - (copies + 1) * size : end - copies * size] == unit:
+                copies += 1
+            if copies >= 4 and copies * size + cut >= 8:
+                best = max(best, copies * size + cut)
+    return best / len(words) if words else 0.0
 
 
 def _compression_ratio(text: str) -> float:
