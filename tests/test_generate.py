@@ -39,6 +39,27 @@ def test_a_local_folder_identity_follows_its_weights(tiny_llama, byte_tok, tmp_p
     assert HFBackend.load(config).identity != first
 
 
+def test_a_merged_adapter_generates_what_the_peft_wrapper_does(tiny_llama, byte_tok, tmp_path):
+    # Evaluation folds the LoRA weights in for speed; it must be the same model.
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from repbend.config import ModelConfig
+
+    tiny_llama.save_pretrained(tmp_path / "base")
+    byte_tok.save_pretrained(tmp_path / "base")
+    # init_lora_weights=False: a non-zero B, so the adapter changes what the model says
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(tiny_llama, lora).save_pretrained(tmp_path / "adapter")
+    config = ModelConfig(name_or_path=str(tmp_path / "base"), tokenizer="byte")
+    settings = GenerationSettings(max_new_tokens=12, batch_size=4)
+    wrapped = HFBackend.load(config, str(tmp_path / "adapter"))
+    merged = HFBackend.load(config, str(tmp_path / "adapter"), merge=True)
+    assert isinstance(wrapped.model, PeftModel) and not isinstance(merged.model, PeftModel)
+    assert merged.identity == wrapped.identity
+    assert merged.generate(prompts(), settings) == wrapped.generate(prompts(), settings)
+    assert merged.generate(prompts(), settings) != HFBackend.load(config).generate(prompts(), settings)
+
+
 @pytest.fixture
 def backend(tiny_llama, byte_tok):
     return HFBackend(tiny_llama, byte_tok, "hf:tiny")

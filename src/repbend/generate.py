@@ -50,7 +50,9 @@ class HFBackend:
         self.model, self.tokenizer, self.identity = model.eval(), tokenizer, identity
 
     @classmethod
-    def load(cls, model_config, adapter: str | None = None) -> "HFBackend":
+    def load(cls, model_config, adapter: str | None = None, merge: bool = False) -> "HFBackend":
+        """``merge`` folds the adapter into the weights (faster generation); callers that
+        need ``disable_adapter()`` (the analysis) keep it unmerged."""
         from .models import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(model_config)
@@ -68,6 +70,8 @@ class HFBackend:
             if not weights.is_file():
                 raise ConfigError(f"adapter {adapter}: no adapter_model.safetensors there")
             model = PeftModel.from_pretrained(model, adapter)
+            if merge:
+                model = model.merge_and_unload()
             identity += f"+adapter:{file_digest(weights)}"
         return cls(model, tokenizer, identity)
 

@@ -71,7 +71,7 @@ def label_of(folder: Path) -> str:
 def make_backend(config: Config, model_config, adapter):
     e = config.eval
     if e.backend == "hf":
-        return HFBackend.load(model_config, adapter)
+        return HFBackend.load(model_config, adapter, merge=e.merge_adapter)
     if e.backend == "vllm":
         return VLLMBackend(model_config.name_or_path, adapter)
     if e.backend == "endpoint":
