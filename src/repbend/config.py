@@ -190,7 +190,7 @@ class EvalConfig:
     attack_options: dict = field(default_factory=dict)  # attack name -> its options
     backend: str = "hf"  # hf | vllm | endpoint
     # hf backend: fold the LoRA weights into the evaluated copy (same model, no per-layer
-    # adapter detour: generation about 15 % faster on CPU); false keeps the PEFT wrapper.
+    # adapter detour: generation about 10 % faster on CPU); false keeps the PEFT wrapper.
     merge_adapter: bool = True
     endpoint_url: Optional[str] = None
     endpoint_model: Optional[str] = None

