@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from .atomic import write_text
+
 
 def cache_root() -> Path:
     """``$REPBEND_CACHE``, else ``$XDG_CACHE_HOME/repbend``, else ``~/.cache/repbend``."""
@@ -14,12 +16,33 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repbend"
 
 
+# Files at least this large have their digest remembered (hashing 16 GB of weights takes
+# about a minute; every evaluation of a local model folder would pay it again).
+MEMO_MIN_BYTES = 64 << 20
+
+
 def file_digest(path: Path) -> str:
+    """The file's SHA-256 (16 hex digits). For large files it is remembered in the cache
+    under (resolved path, size, modification time), so a rewritten file is hashed anew."""
+    path = Path(path)
+    stat = path.stat()
+    memo = None
+    if stat.st_size >= MEMO_MIN_BYTES:
+        key = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        memo = cache_root() / "digests" / hashlib.sha256(key.encode()).hexdigest()[:32]
+        if memo.is_file():
+            return memo.read_text().strip()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:16]
+    value = digest.hexdigest()[:16]
+    if memo is not None:
+        try:
+            write_text(memo, value)
+        except OSError:  # a read-only or full cache only costs the next hash
+            pass
+    return value
 
 
 def folder_digest(folder: Path) -> str:
