@@ -383,3 +383,20 @@ def test_the_cached_folder_holds_the_gguf_weights_and_tokenizer(tmp_path, monkey
                                                 add_generation_prompt=True) == text
     assert cached_tokenizer(text)["input_ids"] == direct_tokenizer(text)["input_ids"]
     assert (cached_tokenizer.eos_token, cached_tokenizer.pad_token) == (direct_tokenizer.eos_token, direct_tokenizer.pad_token)
+
+
+
+def test_an_unreadable_gguf_is_a_load_error_not_a_write_error(tmp_path, monkeypatch):
+    import transformers
+
+    def unreadable(*args, **kwargs):
+        raise OSError("permission denied")
+
+    monkeypatch.setenv("REPBEND_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", unreadable)
+    gguf = tmp_path / "model.Q4.gguf"
+    gguf.write_bytes(b"placeholder")
+    with pytest.raises(ConfigError, match="cannot load model") as info:
+        load_model(ModelConfig(name_or_path=str(gguf), device="cpu"))
+    assert str(gguf) in str(info.value) and "permission denied" in str(info.value)
+    assert not list((tmp_path / "cache").glob("models/*"))

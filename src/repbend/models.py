@@ -97,12 +97,16 @@ def dequantized_folder(gguf: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     log.info("dequantizing %s once into %s", gguf, folder)
-    partial = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        drop_quantizer(model)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except OSError as error:
+        raise ConfigError(f"cannot load model {str(gguf)!r}: {error}") from None
+    drop_quantizer(model)
+    partial = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    try:
         model.save_pretrained(partial)
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
         os.replace(partial, folder)
     except OSError as error:
         if (folder / "config.json").is_file():  # another process finished it first
