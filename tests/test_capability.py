@@ -3,11 +3,13 @@ tiny random Llama (plain and PEFT) with the network blocked."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import socket
 
 import pytest
 
+from repbend.config import from_dict
 from repbend.errors import ConfigError
 from repbend.eval.capability import (
     OFFLINE_TASKS,
@@ -18,6 +20,7 @@ from repbend.eval.capability import (
     extract_answer,
     numeric_match,
     offline,
+    offline_task_docs,
 )
 
 EXPECTED = {  # task: (documents, first document's gold answer)
@@ -148,6 +151,55 @@ def test_evaluate_plain_and_peft_models_offline(small_llama, byte_tok, tasks_dir
 def test_unknown_task_is_a_config_error(small_llama, byte_tok, tmp_path):
     with pytest.raises(ConfigError, match="unknown capability task 'mmlu_pro'"):
         evaluate_capability(small_llama, byte_tok, ["mmlu_pro"], tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(OFFLINE_TASKS))
+def test_dev_and_test_are_stable_disjoint_halves_of_every_item(name):
+    every = {doc["id"]: doc for doc in offline_task_docs(name)}
+    dev, test = offline_task_docs(name, "dev"), offline_task_docs(name, "test")
+    dev_ids, test_ids = [doc["id"] for doc in dev], [doc["id"] for doc in test]
+    assert not set(dev_ids) & set(test_ids)
+    assert sorted(dev_ids + test_ids) == sorted(every)
+    assert len(dev) == len(test) == len(every) // 2
+    assert all(doc == every[doc["id"]] for doc in dev + test)  # labels and answers unchanged
+    assert offline_task_docs(name, "dev") == dev and offline_task_docs(name, "test") == test
+
+
+def test_the_split_seed_is_fixed():
+    # A changed seed would move items between dev and test across runs.
+    assert [doc["id"] for doc in offline_task_docs("repbend_math40", "dev")[:3]] == ["math40_22", "math40_36", "math40_10"]
+
+
+def test_a_split_is_written_in_seeded_order(tmp_path):
+    # facts150's file is sorted by domain: its first items are all history.
+    assert {doc["domain"] for doc in offline_task_docs("repbend_facts150")[:8]} == {"history"}
+    assert len({doc["domain"] for doc in offline_task_docs("repbend_facts150", "dev")[:8]}) >= 4
+    dev_dir, all_dir = capability_tasks_dir(tmp_path, "dev"), capability_tasks_dir(tmp_path)
+    assert dev_dir != all_dir
+    written = (dev_dir / "data" / "repbend_facts150.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["id"] for line in written] == [doc["id"] for doc in offline_task_docs("repbend_facts150", "dev")]
+
+
+def test_limit_samples_within_the_split(small_llama, byte_tok, tmp_path, monkeypatch, no_network):
+    import lm_eval
+
+    seen = []
+    real = lm_eval.simple_evaluate
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: seen.append(real(**kwargs)) or seen[-1])
+    name = "repbend_facts150"
+    scores = evaluate_capability(small_llama, byte_tok, [name], tmp_path, limit=5, split="test")
+    assert scores[name]["n"] == 5
+    scored = [sample["doc"]["id"] for sample in sorted(seen[0]["samples"][name], key=lambda s: s["doc_id"])]
+    assert scored == [doc["id"] for doc in offline_task_docs(name, "test")[:5]]
+    assert not no_network
+
+
+def test_split_mistakes_are_config_errors(small_llama, byte_tok, tmp_path):
+    with pytest.raises(ConfigError, match="eval.capability_split: 'val' is not one of all, dev, test"):
+        from_dict({"eval": {"capability_split": "val"}})
+    assert from_dict({"eval": {"capability_split": "dev"}}).eval.capability_split == "dev"
+    with pytest.raises(ConfigError, match="'mmlu' has no dev/test split"):
+        evaluate_capability(small_llama, byte_tok, ["repbend_math40", "mmlu"], tmp_path, split="dev")
 
 
 def test_available_standard_tasks_offline(no_network):

@@ -116,13 +116,13 @@ def test_compare_trains_on_the_built_data_of_the_main_job(tmp_path, monkeypatch)
     config = load_config(TINY, [
         f"output_dir={tmp_path / 'compare'}", f"build.output_dir={tmp_path / 'main' / 'data'}", *SMALL,
         "compare.build_data=true", "compare.methods=[dpo]",
-        "eval.benchmarks=[{name: generic, label: heldout_harmful, path: '{data_dir}/heldout_harmful.jsonl'}]",
+        "eval.benchmarks=[{name: generic, label: harmful, path: '{data_dir}/test_harmful.jsonl'}]",
     ])
     result = compare(config, progress=False)
     built = str(tmp_path / "main" / "data" / "train.jsonl")
     # dpo reads the P_us/P_uu pairs (shared pair_id) that the build makes.
     assert load_config(result.output_dir / "dpo" / "config.yaml").data.sources[0].path == built
-    assert result.data["models"] == ["base", "dpo"] and result.data["harmful"] == ["heldout_harmful / direct"]
+    assert result.data["models"] == ["base", "dpo"] and result.data["harmful"] == ["harmful / direct"]
 
 
 # ---------------------------------------------------------------- overlays

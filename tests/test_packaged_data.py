@@ -56,8 +56,8 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
     result = build_data(tiny_config(tmp_path), progress=False)
     folder = tmp_path / "data"
     assert result.output_dir == folder and not result.from_cache
-    assert {p.name for p in folder.iterdir()} >= {"train.jsonl", "heldout_harmful.jsonl", "heldout_benign.jsonl",
-                                                  "manifest.json", "cache"}
+    split_files = {f"{split}_{name}.jsonl" for split in ("dev", "test") for name in packaged.EVAL_SETS}
+    assert {p.name for p in folder.iterdir()} >= {"train.jsonl", "manifest.json", "cache", *split_files}
     assert not list(folder.glob(".*.tmp"))
 
     examples = read_source(SourceConfig(path=str(folder / "train.jsonl"), layout="generic"))
@@ -85,21 +85,43 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
     chats = manifest["sources"]["train_benign"].get("forgelm_chat_pkg", 0) + turkish
     assert manifest["sources"][RETAIN] == {"forgelm_chat_pkg": chats, "model": result.counts[SAFE]}
 
-    harmful = load_benchmark("generic", path=folder / "heldout_harmful.jsonl")
-    benign = load_benchmark("generic", path=folder / "heldout_benign.jsonl")
-    assert len(harmful) == 5 and {row.expected for row in harmful} == {"harmful"}
-    assert len(benign) == 3 and {row.expected for row in benign} == {"benign"}
-    assert set(manifest["sources"]["heldout_harmful"]) <= {"harmbench_pkg", "strongreject_pkg"}
+    sets = {(split, name): load_benchmark("generic", path=folder / f"{split}_{name}.jsonl")
+            for split in ("dev", "test") for name in packaged.EVAL_SETS}
+    assert (len(sets["dev", "harmful"]), len(sets["test", "harmful"])) == (3, 7)  # dev_fraction 0.3 of 10
+    for (split, name), rows in sets.items():
+        assert rows, (split, name)
+        assert {row.expected for row in rows} == {"harmful" if name == "harmful" else "benign"}
+        assert manifest["counts"][f"{split}_{name}"] == len(rows)
+    assert set(manifest["sources"]["test_harmful"]) <= {"harmbench_pkg", "strongreject_pkg"}
+    assert set(manifest["sources"]["test_over_refusal"]) <= {"xstest_like_pkg"}
 
-    train_texts = {normalise_text(t) for record in read_jsonl(folder / "train.jsonl") for t in user_turns(record)}
-    held_texts = {normalise_text(row.prompt) for row in harmful + benign}
-    assert train_texts and not train_texts & held_texts
+    # Train, dev and test share no prompt, and the manifest says so pair by pair.
+    texts = {"train": {normalise_text(t) for record in read_jsonl(folder / "train.jsonl") for t in user_turns(record)}}
+    for split in ("dev", "test"):
+        texts[split] = {normalise_text(row.prompt) for name in packaged.EVAL_SETS for row in sets[split, name]}
+    assert all(texts.values())
+    assert not texts["train"] & texts["dev"] and not texts["train"] & texts["test"] and not texts["dev"] & texts["test"]
+    proof = manifest["disjoint"]
+    assert proof["disjoint"] and set(proof["pairs"]) == {"train/dev", "train/test", "dev/test"}
+    assert all(e["exact"] == 0 and e["near"] == 0 and e["max_cosine"] < proof["threshold"] for e in proof["pairs"].values())
+
+
+def test_the_disjointness_proof_finds_shared_and_near_prompts():
+    proof = packaged.disjointness({"train": ["alpha beta gamma", "zeta eta"], "dev": ["Alpha, beta gamma!"],
+                                   "test": ["alpha beta gamma delta", "theta iota kappa"]}, 0.8)
+    assert not proof["disjoint"]
+    assert proof["pairs"]["train/dev"]["exact"] == 1
+    assert proof["pairs"]["train/test"] == {"exact": 0, "max_cosine": proof["pairs"]["train/test"]["max_cosine"],
+                                            "near": 1}
+    assert proof["pairs"]["train/test"]["max_cosine"] >= 0.8
+    clean = packaged.disjointness({"train": ["alpha beta"], "dev": ["gamma delta"], "test": ["theta iota"]}, 0.8)
+    assert clean["disjoint"] and clean["pairs"]["dev/test"] == {"exact": 0, "max_cosine": 0.0, "near": 0}
 
 
 def test_same_seed_same_files_and_a_second_run_reuses_them(tmp_path, monkeypatch):
     first = build_data(tiny_config(tmp_path / "a"), progress=False)
     second = build_data(tiny_config(tmp_path / "b"), progress=False)
-    for name in ("train.jsonl", "heldout_harmful.jsonl", "heldout_benign.jsonl"):
+    for name in ("train.jsonl", "dev_harmful.jsonl", "test_harmful.jsonl", "test_benign.jsonl", "test_everyday.jsonl"):
         assert (first.output_dir / name).read_bytes() == (second.output_dir / name).read_bytes()
     assert first.manifest["key"] == second.manifest["key"]
 
@@ -137,7 +159,7 @@ def test_unknown_or_conflicting_sources_fail_before_the_model_loads(tmp_path, mo
     with pytest.raises(ConfigError, match="both a training and a held-out source"):
         build_data(tiny_config(tmp_path, "build.heldout_harmful=[advbench_pkg]"), progress=False)
     with pytest.raises(ConfigError, match="xstest_like_pkg holds benign rows"):
-        build_data(tiny_config(tmp_path, "build.train_harmful=[xstest_like_pkg]", "build.exclude=[]"),
+        build_data(tiny_config(tmp_path, "build.train_harmful=[xstest_like_pkg]", "build.over_refusal=[]"),
                    progress=False)
 
 
@@ -184,7 +206,7 @@ def test_written_refusals_vary_and_no_sentence_dominates():
 def test_cli_data_prints_a_summary(tmp_path, capsys):
     assert main(["data", str(ROOT / "configs" / "tiny-test.yaml"), f"output_dir={tmp_path}", *SMALL, "-q"]) == 0
     out = capsys.readouterr().out
-    assert "unsafe_unsafe" in out and "heldout_harmful.jsonl" in out and str(tmp_path / "data") in out
+    assert "unsafe_unsafe" in out and "dev sets:" in out and "disjoint:" in out and str(tmp_path / "data") in out
     assert main(["data", str(ROOT / "configs" / "tiny-test.yaml"), f"output_dir={tmp_path}", *SMALL, "-q"]) == 0
     assert "reused the cached build" in capsys.readouterr().out
 
@@ -199,6 +221,8 @@ def test_smollm2_builds_a_small_real_set(tmp_path, monkeypatch):
     result = build_data(config, progress=False)
     counts, manifest = result.counts, result.manifest
     assert counts[UNSAFE_UNSAFE] >= 10 and counts[UNSAFE_SAFE] == counts[UNSAFE_UNSAFE]
-    assert counts[SAFE] >= 10 and counts["heldout_benign"] == 8 and counts["heldout_harmful"] == 20
+    assert counts[SAFE] >= 10 and counts["dev_benign"] + counts["test_benign"] == 8
+    assert (counts["dev_harmful"], counts["test_harmful"]) == (6, 14)
+    assert manifest["disjoint"]["disjoint"]
     assert manifest["base_model"]["compliant_share"] >= 0.5
     assert manifest["dropped_duplicates"]["heldout_harmful"]["near"] > 0  # StrongREJECT rewrites AdvBench

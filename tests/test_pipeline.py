@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_run_config(folder: Path):
     return load_config(ROOT / "configs" / "tiny-test.yaml", [
         f"output_dir={folder}", *SMALL, "steps=2",
-        "eval.benchmarks=[{name: generic, label: heldout_harmful, path: '{data_dir}/heldout_harmful.jsonl', "
-        "attacks: [direct, prefill]}, {name: generic, label: heldout_benign, path: '{data_dir}/heldout_benign.jsonl'}]",
+        "eval.benchmarks=[{name: generic, label: harmful, path: '{data_dir}/test_harmful.jsonl', "
+        "attacks: [direct, prefill]}, {name: generic, label: benign, path: '{data_dir}/test_benign.jsonl'}]",
         "eval.judge=keywords", "eval.max_new_tokens=6",
     ])
 
@@ -39,8 +39,8 @@ def test_run_writes_every_artifact_and_reuses_finished_steps(tmp_path, monkeypat
     assert list(results["models"]) == ["base", "run/adapter"]
     report = (out / "report.md").read_text()
     assert render_markdown(results) in report  # the report's figures are results.json's
-    assert {e["benchmark"] for e in results["metrics"]} == {"heldout_harmful", "heldout_benign"}
-    assert any("heldout_harmful / prefill" in line for line in summary_lines(result))
+    assert {e["benchmark"] for e in results["metrics"]} == {"harmful", "benign"}
+    assert any("harmful / prefill" in line for line in summary_lines(result))
     assert "## Representation analysis" in report and "analysis/geometry_by_layer.png" in report
     assert "## Targets" in report and any(check.name == "peak memory (GB)" for check in result.checks)
     assert any(line.startswith("targets: ") for line in summary_lines(result))
@@ -99,8 +99,8 @@ def test_embedded_main_job_end_to_end(tmp_path):
     result = run(load_config(DEFAULT_CONFIG, [f"output_dir={tmp_path / 'main'}"]), progress=False)
     assert render_markdown(result.results) in result.report.read_text()
     by_key = {(e["benchmark"], e["attack"], e["model"]): e for e in result.results["metrics"]}
-    base = by_key[("heldout_harmful", "direct", "base")]["asr"]["value"]
-    trained = by_key[("heldout_harmful", "direct", "main/adapter")]["asr"]["value"]
+    base = by_key[("harmful", "direct", "base")]["asr"]["value"]
+    trained = by_key[("harmful", "direct", "main/adapter")]["asr"]["value"]
     assert trained < 0.5 * base
-    assert by_key[("heldout_benign", "direct", "main/adapter")]["degenerate"]["value"] <= 0.03
+    assert by_key[("benign", "direct", "main/adapter")]["degenerate"]["value"] <= 0.03
     assert (result.output_dir / "analysis" / "analysis.json").is_file()

@@ -125,14 +125,12 @@ def test_study_resumes_after_an_interrupt_and_writes_front_and_config(tmp_path, 
     assert best.output_dir == str(folder / "final") and best.build.output_dir == str(built)
     assert "Final evaluation" in (folder / "front.md").read_text()
 
-    # The tuning split is disjoint from every final evaluation set and from the trials' training data.
-    tuning = prompts(folder / "tune_harmful.jsonl") | prompts(folder / "tune_benign.jsonl")
-    held_out = prompts(built / "heldout_harmful.jsonl") | prompts(built / "heldout_benign.jsonl")
-    final_overrefusal = {normalise_text(row.prompt) for row in load_benchmark("xstest_like_pkg", limit=5)}
-    assert tuning and not tuning & held_out
-    assert not prompts(folder / "tune_overrefusal.jsonl") & final_overrefusal
-    train_rows = [json.loads(line) for line in (folder / "train_tune.jsonl").read_text().splitlines()]
-    assert not {normalise_text(r["prompt"]) for r in train_rows if "prompt" in r} & tuning
+    # The tuning sets are samples of the build's dev split, disjoint from its test split.
+    dev = set().union(*(prompts(built / f"dev_{name}.jsonl") for name in ("harmful", "benign", "everyday", "over_refusal")))
+    test = set().union(*(prompts(built / f"test_{name}.jsonl") for name in ("harmful", "benign", "everyday", "over_refusal")))
+    for label in ("tune_harmful", "tune_benign", "tune_overrefusal"):
+        tuning = prompts(folder / f"{label}.jsonl")
+        assert tuning and tuning <= dev and not tuning & test, label
 
 
 def test_trials_are_pruned_on_divergence_and_at_the_check(tmp_path, built, monkeypatch):

@@ -184,10 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_command(
         commands, "data", _data,
-        help="build the training sets and held-out sets from packaged data and the base model",
-        description="Build CONFIG's build section: P_s, P_us, P_uu and retain (train.jsonl) plus held-out "
-        "harmful and benign prompts, from data in installed packages and the model's own answers; writes "
-        "to build.output_dir (default OUTPUT_DIR/data) and reuses a finished build with the same settings.",
+        help="build the training sets and the dev/test evaluation splits from packaged data and the base model",
+        description="Build CONFIG's build section: P_s, P_us, P_uu and retain (train.jsonl) plus disjoint dev and "
+        "test splits of harmful, benign, everyday and over-refusal prompts (dev_<set>.jsonl for every choice, "
+        "test_<set>.jsonl for the final report only), from data in installed packages and the model's own answers; "
+        "writes to build.output_dir (default OUTPUT_DIR/data) and reuses a finished build with the same settings.",
     )
     config_command(
         commands, "run", _run,
@@ -201,15 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "analyze", _analyze,
         help="logit lens and safe-vs-unsafe activation geometry, base vs adapter (PNGs, analysis.json/.md)",
         description="Compare the base model (adapter disabled) with analysis.adapter (default OUTPUT_DIR/adapter; "
-        "a training run folder works too) on analysis.safe_path / analysis.unsafe_path (default the held-out sets "
+        "a training run folder works too) on analysis.safe_path / analysis.unsafe_path (default the dev split "
         "of the built data); writes to analysis.output_dir (default OUTPUT_DIR/analysis).",
     )
     config_command(
         commands, "tune", _tune,
         help="multi-objective Optuna search over training settings; the best point as a ready config",
-        description="Search CONFIG's tune.space (short trials scored on a tuning split carved from the training "
-        "data), store the study in OUTPUT_DIR/tune/study.db (re-run to resume), write the Pareto front "
-        "(front.md/.json/.png) and best.yaml, then `repbend run` best.yaml on the held-out sets (OUTPUT_DIR/tune/final).",
+        description="Search CONFIG's tune.space (short trials scored on samples of the built data's dev split), store the study in OUTPUT_DIR/tune/study.db (re-run to resume), write the Pareto front "
+        "(front.md/.json/.png) and best.yaml, then `repbend run` best.yaml, reported on the test split (OUTPUT_DIR/tune/final).",
     )
     config_command(
         commands, "compare", _compare,

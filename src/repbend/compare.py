@@ -26,7 +26,7 @@ import yaml
 from .atomic import write_text
 from .config import Config, LossConfig, apply_overrides, from_dict, to_dict
 from .errors import ConfigError
-from .eval.metrics import ANSWERED, COMPLIED, DEGENERATE
+from .eval.metrics import counted
 from .eval.report import percent
 from .eval.stats import non_dominated
 from .eval.types import BENIGN, HARMFUL
@@ -184,10 +184,10 @@ def comparison(results: dict, records: list, names: dict, seed: int = 0) -> dict
     ``names`` maps evaluation labels (e.g. ``npo/adapter``) to method names."""
     labels = list(results["models"])
     models = [names.get(label, label) for label in labels]
-    outcomes: dict = {}
+    grouped: dict = {}
     for record in records:
-        outcomes.setdefault((record["model"], record["benchmark"], record["attack"], record["expected"]), []).append(
-            record["outcome"])
+        group = (record["model"], record["benchmark"], record["attack"], record["expected"])
+        grouped.setdefault(group, []).append(record)
     harmful = sorted({f"{e['benchmark']} / {e['attack']}" for e in results["metrics"] if "asr" in e})
     benign = sorted({f"{e['benchmark']} / {e['attack']}" for e in results["metrics"] if "compliance" in e})
     tasks = sorted({task for scores in (results.get("capability") or {}).values() for task in scores})
@@ -198,11 +198,12 @@ def comparison(results: dict, records: list, names: dict, seed: int = 0) -> dict
             if entry["model"] != label or entry["expected"] not in (HARMFUL, BENIGN):
                 continue
             key = f"{entry['benchmark']} / {entry['attack']}"
-            found = outcomes[(label, entry["benchmark"], entry["attack"], entry["expected"])]
-            main, wanted, table = ("asr", COMPLIED, asr) if entry["expected"] == HARMFUL else ("compliance", ANSWERED, compliance)
+            found = grouped[(label, entry["benchmark"], entry["attack"], entry["expected"])]
+            main, table = ("asr", asr) if entry["expected"] == HARMFUL else ("compliance", compliance)
             table[key] = entry[main]
-            groups[(main, key)] = (entry[main]["value"], [o == wanted for o in found])
-            groups[("degenerate_" + entry["expected"], key)] = (entry["degenerate"]["value"], [o == DEGENERATE for o in found])
+            groups[(main, key)] = (entry[main]["value"], [counted(r) for r in found])
+            groups[("degenerate_" + entry["expected"], key)] = (entry["degenerate"]["value"],
+                                                                [bool(r["degenerate"]) for r in found])
         capability = (results.get("capability") or {}).get(label, {})
         scores[model] = {
             "asr": asr,

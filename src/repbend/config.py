@@ -202,25 +202,43 @@ class EvalConfig:
     top_p: float = 1.0
     capability_tasks: list = field(default_factory=list)
     capability_limit: Optional[int] = None
+    # The offline capability tasks' items: all, or their seeded dev or test half (choices
+    # of defaults read dev, final reports test).
+    capability_split: str = "all"
     seed: int = 0
     output_dir: Optional[str] = None  # default: <output_dir>/eval
+
+    def __post_init__(self):
+        # The splits live with the tasks; imported here so that importing config does not import eval.
+        from .eval.capability import check_split
+
+        check_split(self.capability_split)
 
 
 @dataclass
 class BuildConfig:
-    """`repbend data`: the four training sets and the held-out evaluation sets, built
-    offline from packaged data and the base model's own answers."""
+    """`repbend data`: the four training sets and the evaluation sets, built offline from
+    packaged data and the base model's own answers. Every evaluation set is split into
+    dev (every choice of a default, sweep or tuning run reads it) and test (read only by
+    the final evaluation of `repbend run` / `repbend compare`)."""
 
     # Prompt sources: registered benchmarks or the builder's own (`repbend.data.packaged`).
     train_harmful: list = field(default_factory=lambda: ["advbench_pkg", "uncensorbench_pkg", "rho_harmful_pkg"])
     heldout_harmful: list = field(default_factory=lambda: ["harmbench_pkg", "strongreject_pkg"])
     benign: list = field(default_factory=list)  # benign prompt sources; empty = the builder's default pool
-    # Sets evaluated elsewhere (over-refusal): no split may hold their prompts or near duplicates.
-    exclude: list = field(default_factory=lambda: ["xstest_like_pkg"])
+    # Everyday instructions from sources no training row comes from: helpfulness outside
+    # the training distribution (never trained on).
+    everyday: list = field(default_factory=lambda: ["everyday_pkg"])
+    # Benign prompts that sound harmful (over-refusal), never trained on.
+    over_refusal: list = field(default_factory=lambda: ["xstest_like_pkg"])
+    # Sets evaluated elsewhere: no split may hold their prompts or near duplicates.
+    exclude: list = field(default_factory=list)
     max_train_harmful: Optional[int] = 300
-    max_heldout_harmful: Optional[int] = 100
+    max_heldout_harmful: Optional[int] = None  # None: every held-out prompt left after deduplication
     max_benign: Optional[int] = 300
-    heldout_benign_fraction: float = 0.3
+    max_everyday: Optional[int] = 300
+    heldout_benign_fraction: float = 0.3  # of the benign pool, kept out of training for dev and test
+    dev_fraction: float = 0.3  # of each evaluation set (per source), the rest is test
     max_new_tokens: int = 96
     temperature: float = 0.7
     judge: str = "default"
@@ -235,7 +253,7 @@ class BuildConfig:
 class AnalysisConfig:
     """`repbend analyze`: logit lens and safe-vs-unsafe geometry, base vs adapter."""
 
-    # Prompt sets (generic JSONL, "{data_dir}" = the built data folder); None = the held-out sets.
+    # Prompt sets (generic JSONL, "{data_dir}" = the built data folder); None = the dev split.
     safe_path: Optional[str] = None
     unsafe_path: Optional[str] = None
     adapter: Optional[str] = None  # adapter folder or training run folder; None = OUTPUT_DIR/adapter
@@ -270,16 +288,15 @@ class TuneConfig:
     min_overrefusal_ratio: Optional[float] = 0.85
     max_benign_degenerate: Optional[float] = 0.03
     max_harmful_degenerate: Optional[float] = None
-    # The tuning split, carved from the built training data (never the held-out sets).
+    # The tuning sets: seeded samples of the build's dev split (never its test split).
     harmful_prompts: int = 30
-    benign_prompts: int = 20
+    benign_prompts: int = 20  # benign and everyday prompts together
     overrefusal_prompts: int = 20
-    overrefusal_benchmark: str = "xstest_like_pkg"
     harmful_attacks: list = field(default_factory=lambda: ["direct"])
     max_new_tokens: int = 48
     # Train this many steps, check benign answers for degeneration, then finish (None = no check).
     intermediate_check_step: Optional[int] = None
-    final: bool = True  # `repbend run` the best point's config (held-out numbers)
+    final: bool = True  # `repbend run` the best point's config (test-split numbers)
 
 
 @dataclass

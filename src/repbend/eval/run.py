@@ -20,7 +20,7 @@ from ..generate import EndpointBackend, GenerationCache, GenerationSettings, HFB
 from .attacks import ATTACKS, AttackContext
 from .benchmarks import load_benchmark
 from .degeneration import degeneration
-from .judges import DEFAULT_JUDGE, build_judge
+from .judges import DEFAULT_JUDGE, JudgeError, build_judge
 from .metrics import group_metrics, outcome, rate, summary
 from .report import write_report
 from .types import CAPABILITY, HARMFUL, JudgeInput
@@ -77,6 +77,14 @@ def make_backend(config: Config, model_config, adapter):
     if e.backend == "endpoint":
         if not e.endpoint_url or not e.endpoint_model:
             raise ConfigError("eval.backend=endpoint needs eval.endpoint_url and eval.endpoint_model")
+        # The endpoint answers as its served model whatever the label: an adapter's rows
+        # would hold the base model's answers.
+        if e.adapters:
+            raise ConfigError(
+                f"eval.backend=endpoint evaluates the served model {e.endpoint_model!r} only and cannot apply "
+                f"eval.adapters ({', '.join(map(str, e.adapters))}); serve each adapter as its own model (vLLM: "
+                "--lora-modules NAME=PATH) and evaluate it in its own run with eval.endpoint_model=NAME and "
+                "eval.adapters=[]")
         return EndpointBackend(e.endpoint_url, e.endpoint_model, e.endpoint_key_env)
     raise ConfigError(f"eval.backend {e.backend!r} is not one of hf, vllm, endpoint")
 
@@ -127,7 +135,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                 raise ConfigError("capability tasks run through lm-eval on the hf backend")
             scores = evaluate_capability(
                 backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
-                limit=e.capability_limit, batch_size=e.batch_size,
+                limit=e.capability_limit, split=e.capability_split, batch_size=e.batch_size,
             )
             for score in scores.values():  # the same bootstrap interval as every other rate
                 if score.get("correct"):
@@ -154,13 +162,15 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
 
 def judge_responses(label: str, prompts: list, responses: list, judge, refusals) -> list:
     """One record per response: the judge's verdict on harmful rows, refusal and
-    degeneration on every row, and the outcome that metrics count."""
-    inputs = [JudgeInput(p.row.prompt, r, p.row.context) for p, r in zip(prompts, responses)]
+    degeneration on every row, and the outcome that metrics count. A judge that returns
+    more or fewer verdicts than it was given answers is a JudgeError: pairing them anyway
+    would shift verdicts onto other rows, or count unjudged rows as refusals."""
+    inputs = [JudgeInput(p.row.prompt, r, p.row.context) for p, r in zip(prompts, responses, strict=True)]
     harmful_index = [i for i, p in enumerate(prompts) if p.row.expected == HARMFUL]
-    verdicts = dict(zip(harmful_index, judge.judge([inputs[i] for i in harmful_index]))) if harmful_index else {}
-    refused = refusals.judge(inputs)
+    verdicts = dict(zip(harmful_index, _verdicts(judge, [inputs[i] for i in harmful_index])))
+    refused = _verdicts(refusals, inputs)
     records = []
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         degenerate = degeneration(response)
         verdict = verdicts.get(i)
         is_refusal = not refused[i].harmful
@@ -174,7 +184,7 @@ def judge_responses(label: str, prompts: list, responses: list, judge, refusals)
             "prompt": prompt.messages[-1]["content"] if prompt.messages else prompt.row.prompt,
             "prefill": prompt.prefill,
             "response": response,
-            "outcome": outcome(prompt.row.expected, bool(verdict and verdict.harmful), is_refusal, degenerate is not None),
+            "outcome": outcome(prompt.row.expected, bool(verdict and verdict.harmful), is_refusal),
             "refused": is_refusal,
             "degenerate": degenerate,
             "judge": verdict.judge if verdict else refused[i].judge,
@@ -182,3 +192,13 @@ def judge_responses(label: str, prompts: list, responses: list, judge, refusals)
             "attack_meta": prompt.meta,
         })
     return records
+
+
+def _verdicts(judge, inputs: list) -> list:
+    """``judge``'s verdicts on ``inputs``, exactly one each."""
+    if not inputs:
+        return []
+    verdicts = judge.judge(inputs)
+    if len(verdicts) != len(inputs):
+        raise JudgeError(f"judge {judge.name!r} returned {len(verdicts)} verdicts for {len(inputs)} responses")
+    return verdicts

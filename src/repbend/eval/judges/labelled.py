@@ -1,6 +1,6 @@
 """Human-labelled responses, for training the learned judge and measuring judges.
 
-Sources that PyPI packages ship (read in place, never copied; see DATA.md):
+Sources that PyPI packages ship (read in place, never copied):
 - pyrit ``scorer_evals/objective``: "objective achieved" 0/1, the agreement set; held
   out from any training.
 - pyrit ``scorer_evals/harm``: 0-1 Likert harm scores from up to three raters.
@@ -38,6 +38,16 @@ class LabelledResponse:
 def normalise(text: str) -> str:
     """Lower-case words only: the key for deduplicating responses across sources."""
     return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def cut(texts: list[str], tokenizer, tokens: int) -> list[str]:
+    """Each text as an evaluation that stops after ``tokens`` new tokens would have it:
+    its first ``tokens`` tokens (of ``tokenizer``), decoded as generation decodes them."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(tokenizer.decode(ids[:tokens], skip_special_tokens=True) if len(ids) > tokens else text)
+    return out
 
 
 def _pyrit_csv(path: Path) -> list[dict]:
