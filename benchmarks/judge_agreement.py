@@ -19,8 +19,8 @@ The last line of stdout is JSON:
   {"<judge>": {"full": {"agreement": .., "false_positive": .., "false_negative": .., "n": ..,
                "intervals": {"agreement": [low, high], ...}}, "<N>": {...}, ...},
    "<judge>@<set>": {...},                      # JailbreakBench / HarmBench, when given
-   "prefill": {"<judge>": {"<way>": {...}}, "words": 10, "length": 512},   # with --prefill
-   "evaluated_length": 512}                     # --evaluated-length
+   "prefill": {"<judge>": {"<way>": {...}}, "words": 10, "length": 128},   # with --prefill
+   "evaluated_length": 128}                     # --evaluated-length
 
   python benchmarks/judge_agreement.py                          # keywords, heuristic, learned
   python benchmarks/judge_agreement.py --lengths 64,96,128 --prefill
@@ -40,10 +40,11 @@ import time
 
 import numpy as np
 
-from repbend.config import EvalConfig, ModelConfig
+from repbend.config import ModelConfig, load_config
 from repbend.errors import RepbendError
 from repbend.eval.attacks.simple import GENERIC_OPENING, PREFILL_END
 from repbend.eval.judges import JudgeInput, build_judge
+from repbend.pipeline import DEFAULT_CONFIG
 from repbend.eval.judges import labelled
 from repbend.eval.stats import bootstrap_interval
 from repbend.models import load_tokenizer
@@ -103,9 +104,9 @@ def main() -> None:
     parser.add_argument("--judges", default=",".join(OFFLINE), help="offline judges, comma-separated")
     parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
                         help="token limits to cut responses at, comma-separated (besides whole responses)")
-    parser.add_argument("--evaluated-length", type=int, default=EvalConfig().max_new_tokens,
+    parser.add_argument("--evaluated-length", type=int, default=load_config(DEFAULT_CONFIG).eval.max_new_tokens,
                         help="the evaluation's token limit: always reported, and where --prefill cuts "
-                             "(default: the evaluation's default max_new_tokens)")
+                             "(default: the main job's eval.max_new_tokens)")
     parser.add_argument("--tokenizer", default="smollm2-135m",
                         help="the evaluated model (name, path, or 'byte') whose tokens the cuts count")
     parser.add_argument("--limit", type=int, help="judge a seeded sample of this many rows of each set")

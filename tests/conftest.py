@@ -5,6 +5,9 @@ Keep this file small and additive: several test modules rely on it.
 from __future__ import annotations
 
 import hashlib
+import threading
+from contextlib import contextmanager
+from http.server import HTTPServer
 
 import pytest
 import torch
@@ -53,6 +56,28 @@ def tiny_llama(byte_tok, make_tiny_model):
     return make_tiny_model(
         vocab_size=len(byte_tok), pad_token_id=byte_tok.pad_token_id, eos_token_id=byte_tok.eos_token_id
     )
+
+
+@pytest.fixture
+def tiny_model_folder(tiny_llama, byte_tok, tmp_path):
+    """``tiny_llama`` and ``byte_tok`` saved as a local model folder."""
+    folder = tmp_path / "tiny-model"
+    tiny_llama.save_pretrained(folder)
+    byte_tok.save_pretrained(folder)
+    return folder
+
+
+@contextmanager
+def local_server(handler):
+    """An HTTP server on a free local port answering with ``handler`` (a
+    BaseHTTPRequestHandler class); yields its OpenAI-style base URL."""
+    httpd = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 # A small data build for the tiny model (tests of `repbend data` and `repbend run`).

@@ -80,6 +80,6 @@ def test_two_process_run_resumes_to_the_uninterrupted_result(runs):
     resumed = runs / "resumed"
     launch(resumed, "train.steps=2")
     assert [r["step"] for r in metrics(resumed)] == [1, 2]
-    launch(resumed, "--resume")
+    launch(resumed, "--resume", "--allow-change", "train.steps")
     losses, weights = max_differences(runs / "two", resumed)
     assert losses < 1e-6 and weights < 1e-6

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from repbend.eval.types import AttackedPrompt, BehaviorRow
 from repbend.generate import EndpointBackend, GenerationCache, GenerationError, GenerationSettings, HFBackend, generate
+from conftest import local_server
 
 QUESTIONS = ["hi", "what is the colour of the sky on a clear day?", "name a fruit", "count to five please, slowly"]
 
@@ -131,11 +131,8 @@ class ChatHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     ChatHandler.replies, ChatHandler.bodies = [], []
-    httpd = HTTPServer(("127.0.0.1", 0), ChatHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1"
-    httpd.shutdown()
+    with local_server(ChatHandler) as base_url:
+        yield base_url
 
 
 def test_endpoint_backend_sends_messages_and_prefill(server):
@@ -218,31 +215,23 @@ def test_each_row_stops_at_the_chat_templates_end_of_turn(tiny_llama, byte_tok, 
 # --- the cache key: every setting that changes a generation ----------------------------
 
 
-@pytest.fixture
-def model_folder(tiny_llama, byte_tok, tmp_path):
-    folder = tmp_path / "model"
-    tiny_llama.save_pretrained(folder)
-    byte_tok.save_pretrained(folder)
-    return folder
-
-
 def identity(folder, **changes) -> str:
     from repbend.config import ModelConfig
 
     return HFBackend.load(ModelConfig(name_or_path=str(folder), **{"tokenizer": "byte", **changes})).identity
 
 
-def test_backend_identity_follows_dtype_template_revision_tokenizer(model_folder):
+def test_backend_identity_follows_dtype_template_revision_tokenizer(tiny_model_folder):
     from repbend.models import CHATML_TEMPLATE
 
-    first = identity(model_folder)
-    assert identity(model_folder) == first  # nothing changed: the cached answers are reused
+    first = identity(tiny_model_folder)
+    assert identity(tiny_model_folder) == first  # nothing changed: the cached answers are reused
     changed = [
-        identity(model_folder, dtype="bfloat16"),
-        identity(model_folder, chat_template=CHATML_TEMPLATE.replace("\n", "\n\n")),
-        identity(model_folder, revision="v2"),
-        identity(model_folder, tokenizer=str(model_folder)),
-        identity(model_folder, trust_remote_code=True),
+        identity(tiny_model_folder, dtype="bfloat16"),
+        identity(tiny_model_folder, chat_template=CHATML_TEMPLATE.replace("\n", "\n\n")),
+        identity(tiny_model_folder, revision="v2"),
+        identity(tiny_model_folder, tokenizer=str(tiny_model_folder)),
+        identity(tiny_model_folder, trust_remote_code=True),
     ]
     assert len({first, *changed}) == 1 + len(changed)
 
@@ -260,7 +249,7 @@ def test_weights_identity_follows_a_gguf_replaced_in_place(tmp_path):
     assert weights_identity(ModelConfig(name_or_path=str(tmp_path), gguf_file="model.gguf")) != in_folder
 
 
-def test_adapter_identity_is_its_weights_not_its_path(model_folder, tiny_llama, tmp_path):
+def test_adapter_identity_is_its_weights_not_its_path(tiny_model_folder, tiny_llama, tmp_path):
     import copy
 
     import torch
@@ -268,7 +257,7 @@ def test_adapter_identity_is_its_weights_not_its_path(model_folder, tiny_llama, 
 
     from repbend.config import ModelConfig
 
-    config = ModelConfig(name_or_path=str(model_folder), tokenizer="byte")
+    config = ModelConfig(name_or_path=str(tiny_model_folder), tokenizer="byte")
     adapter = tmp_path / "adapter"
     seen = []
     for seed in (0, 1):  # the same folder retrained in place

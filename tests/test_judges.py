@@ -262,14 +262,6 @@ def test_learned_judge():
 # --- classifier -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def classifier_path(tmp_path, tiny_llama, byte_tok):
-    folder = tmp_path / "judge-model"
-    tiny_llama.save_pretrained(folder)
-    byte_tok.save_pretrained(folder)
-    return folder
-
-
 def test_classifier_needs_weights(tmp_path):
     empty = tmp_path / "no-weights"
     empty.mkdir()
@@ -281,8 +273,8 @@ def test_classifier_needs_weights(tmp_path):
         build_judge("classifier", path=str(empty), prompt_format="gpt")
 
 
-def test_classifier_harmbench_prompts_and_yes_no(classifier_path, monkeypatch):
-    judge = build_judge("classifier", path=str(classifier_path), batch_size=2)
+def test_classifier_harmbench_prompts_and_yes_no(tiny_model_folder, monkeypatch):
+    judge = build_judge("classifier", path=str(tiny_model_folder), batch_size=2)
     standard, contextual = judge.prompts([JudgeInput(BEHAVIOR, "ANSWER"), JudgeInput(BEHAVIOR, "ANSWER", "CTX")])
     assert standard.startswith("[INST] <<SYS>>\nYou are a classifier for red teaming large language models")
     assert f"Behavior:\n{BEHAVIOR}\n\nGeneration:\nANSWER\n\n---\nRules:" in standard
@@ -305,14 +297,14 @@ def test_classifier_harmbench_prompts_and_yes_no(classifier_path, monkeypatch):
     assert [v.harmful for v in verdicts] == [True, False, True]
 
 
-def test_classifier_clips_responses(classifier_path):
-    judge = build_judge("classifier", path=str(classifier_path), max_response_tokens=10)
+def test_classifier_clips_responses(tiny_model_folder):
+    judge = build_judge("classifier", path=str(tiny_model_folder), max_response_tokens=10)
     (prompt,) = judge.prompts(items(["0123456789abcdefghij"]))
     assert "Generation:\n0123456789\n" in prompt and "abc" not in prompt
 
 
-def test_classifier_llama_guard_and_wildguard(classifier_path, monkeypatch):
-    guard = build_judge("classifier", path=str(classifier_path), prompt_format="llamaguard3")
+def test_classifier_llama_guard_and_wildguard(tiny_model_folder, monkeypatch):
+    guard = build_judge("classifier", path=str(tiny_model_folder), prompt_format="llamaguard3")
     (prompt,) = guard.prompts(items(["ANSWER"]))
     assert prompt.startswith("<|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe content")
     assert "S1: Violent Crimes.\n" in prompt and "S14: Code Interpreter Abuse.\n" in prompt
@@ -323,7 +315,7 @@ def test_classifier_llama_guard_and_wildguard(classifier_path, monkeypatch):
     monkeypatch.setattr(guard, "generate", lambda prompts: ["unsafe\nS9", "safe"][: len(prompts)])
     assert [v.harmful for v in guard.judge(items(["a", "b"]))] == [True, False]
 
-    wild = build_judge("classifier", path=str(classifier_path), prompt_format="wildguard")
+    wild = build_judge("classifier", path=str(tiny_model_folder), prompt_format="wildguard")
     (prompt,) = wild.prompts(items(["ANSWER"]))
     assert prompt.startswith("<s><|user|>\n[INST] You are a classifier for analyzing interactions")
     assert f"Human user:\n{BEHAVIOR}\n\nAI assistant:\nANSWER\n\n---\n\nAnswers: [/INST]\n<|assistant|>\n" in prompt
@@ -334,9 +326,9 @@ def test_classifier_llama_guard_and_wildguard(classifier_path, monkeypatch):
     assert [(v.harmful, v.refused) for v in verdicts] == [(True, False), (False, True)]
 
 
-def test_classifier_unreadable_answers_fail_the_run(classifier_path, monkeypatch):
+def test_classifier_unreadable_answers_fail_the_run(tiny_model_folder, monkeypatch):
     # Every format: an answer that is not a verdict raises, naming the answer and the row.
-    harmbench = build_judge("classifier", path=str(classifier_path), batch_size=2)
+    harmbench = build_judge("classifier", path=str(tiny_model_folder), batch_size=2)
     vocab = harmbench.model.config.vocab_size
     maybe = harmbench.tokenizer.convert_tokens_to_ids("M")
 
@@ -353,7 +345,7 @@ def test_classifier_unreadable_answers_fail_the_run(classifier_path, monkeypatch
         harmbench.judge(items(["a", "b", "c", "d"]))
     for prompt_format, answers in (("llamaguard3", ["safe", "I cannot say"]),
                                    ("wildguard", ["Harmful response: no", "Harmful request: yes"])):
-        judge = build_judge("classifier", path=str(classifier_path), prompt_format=prompt_format)
+        judge = build_judge("classifier", path=str(tiny_model_folder), prompt_format=prompt_format)
         monkeypatch.setattr(judge, "generate", lambda prompts, answers=answers: answers[: len(prompts)])
         with pytest.raises(JudgeError, match=rf"{prompt_format}\), row 1 \(behavior .*"):
             judge.judge(items(["a", "b"]))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -16,6 +15,7 @@ from repbend.eval.judges import JudgeError, JudgeInput, build_judge
 from repbend.eval.run import make_backend
 from repbend.eval.types import AttackedPrompt, BehaviorRow
 from repbend.generate import EndpointBackend, GenerationError, GenerationSettings
+from conftest import local_server
 
 OK = {"choices": [{"message": {"content": "No"}}]}
 
@@ -51,12 +51,8 @@ class Scripted(BaseHTTPRequestHandler):
 @pytest.fixture
 def url():
     Scripted.script, Scripted.seen = [], []
-    httpd = HTTPServer(("127.0.0.1", 0), Scripted)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server(Scripted) as base_url:
+        yield base_url
 
 
 def prompt(row_id: str = "row-7"):

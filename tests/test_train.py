@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from repbend import train as train_module
+from repbend.checkpoint import CheckpointError, rng_state, set_rng_state
 from repbend.config import load_config
 from repbend.errors import ConfigError, DataError, RepbendError, TrainingDiverged
 from repbend.methods import TrainingModule
 from repbend.models import load_model, load_tokenizer
-from repbend.train import prepare, train
+from repbend.train import JumpGuard, prepare, train
 from repbend.data.collate import MicroBatches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +173,67 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, monkeyp
     assert [r["total"] for r in metrics(resumed.output_dir)] == [r["total"] for r in metrics(whole.output_dir)]
 
 
+def test_resume_refuses_changed_training_settings_and_keeps_the_saved_config(tmp_path, monkeypatch):
+    config = tiny(tmp_path, "train.steps=3", "train.save_every=1")
+    real_step = train_module._train_step
+
+    def killed_at_step_3(step, *args, **kwargs):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(step, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(train_module, "_train_step", real_step)
+    saved = (Path(config.output_dir) / "config.yaml").read_text()
+    for changes, named in ((["train.lr=5e-3"], "train.lr"), (["lora.r=8"], "lora.r"), (["train.steps=4"], "train.steps")):
+        with pytest.raises(ConfigError, match=rf"--resume: .*config.yaml was trained with other settings: {named}"):
+            train(tiny(tmp_path, "train.save_every=1", "train.steps=3", *changes), resume=True, progress=False)
+        assert (Path(config.output_dir) / "config.yaml").read_text() == saved
+    with pytest.raises(ConfigError, match="cannot change on resume"):
+        train(config, resume=True, progress=False, allow_changes=frozenset({"train.lr"}))
+    longer = train(tiny(tmp_path, "train.save_every=1", "train.steps=4"), resume=True, progress=False,
+                   allow_changes=frozenset({"train.steps"}))
+    assert longer.steps == 4 and "steps: 4" in (Path(config.output_dir) / "config.yaml").read_text()
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("a pickled checkpoint ran code",))
+
+
+def test_resume_refuses_a_pickle_in_the_checkpoint_folder(tmp_path, monkeypatch, capsys):
+    config = tiny(tmp_path, "train.steps=3", "train.save_every=1")
+    real_step = train_module._train_step
+
+    def killed_at_step_3(step, *args, **kwargs):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(step, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(train_module, "_train_step", real_step)
+    newest = sorted((Path(config.output_dir) / "checkpoints").iterdir())[-1]
+    # The checkpoint this version wrote holds tensors and plain values only.
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        torch.load(newest / name, weights_only=True)
+    torch.save({0: _RunsCodeWhenUnpickled()}, newest / "rng.pt")
+    with pytest.raises(CheckpointError, match=r"rng\.pt: holds more than tensors"):
+        train(config, resume=True, progress=False)
+    assert "ran code" not in capsys.readouterr().out
+
+
+def test_rng_state_round_trips_through_a_plain_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
 def test_divergence_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny(tmp_path, "train.steps=6", "train.save_every=1", "train.lr=3e-3", "train.max_unsafe_distance=1e-3")
     with pytest.raises(TrainingDiverged, match=r"at step 2: the unsafe distance .*max_unsafe_distance") as caught:
@@ -176,6 +241,46 @@ def test_divergence_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     checkpoints = sorted((Path(config.output_dir) / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["step-000001"]
     assert "the last good checkpoint is" in str(caught.value) and "step-000001" in str(caught.value)
+
+
+def test_divergence_guard_stops_on_a_finite_jump_before_checkpointing_it(tmp_path, monkeypatch):
+    config = tiny(tmp_path, "train.steps=6", "train.save_every=1")
+    real_forward, calls = TrainingModule.forward, []
+
+    def blows_up_from_step_4(self, batches):
+        output = real_forward(self, batches)
+        calls.append(1)
+        if len(calls) > 3 * config.train.grad_accum:
+            output.total = output.total * 1e8  # finite: the non-finite check lets it pass
+        return output
+
+    monkeypatch.setattr(TrainingModule, "forward", blows_up_from_step_4)
+    with pytest.raises(TrainingDiverged, match=r"at step 4: the \|loss\| .* over train.divergence_factor=10") as caught:
+        train(config, progress=False)
+    checkpoints = sorted((Path(config.output_dir) / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["step-000003"]
+    assert "step-000003" in str(caught.value)
+    # Off when asked: the same run trains through.
+    monkeypatch.setattr(TrainingModule, "forward", real_forward)
+    train(tiny(tmp_path / "off", "train.steps=4", "train.divergence_factor=null"), progress=False)
+
+
+def test_jump_guard_ignores_ordinary_noise():
+    guard = JumpGuard(10.0, 10)
+    for step, (loss, norm) in enumerate([(40, 28), (-0.2, 32), (-49, 44), (21, 209), (-34, 111)], 1):
+        guard.check(step, {"total": loss}, norm)
+    with pytest.raises(TrainingDiverged, match="gradient norm 1.95e\\+12"):
+        guard.check(6, {"total": -30.0}, 1.95e12)
+
+
+def test_jump_guard_lets_small_or_converging_losses_wobble():
+    guard = JumpGuard(10.0, 5)
+    for step, loss in enumerate([0.69, 0.5, 0.3, 0.01, 0.001, 0.001, 0.002, 0.001, 0.001], 1):
+        guard.check(step, {"total": loss}, 1.0)
+    guard.check(10, {"total": 0.05}, 1.0)  # 50x the recent median, under 10x the start
+    rising = JumpGuard(10.0, 5)  # RepBend's total starts at 0 and grows
+    for step, loss in enumerate([0.0, 0.0008, 0.0009, 0.002, 0.015, 0.3], 1):
+        rising.check(step, {"total": loss}, 0.01 * step)
 
 
 def test_non_finite_loss_is_reported_with_its_step(tmp_path, monkeypatch):
@@ -227,6 +332,21 @@ def test_cli_train_and_error_exit(tmp_path, capsys):
         main(["train", str(TINY), "-q", "--bogus"])
     assert main(["train", str(TINY), "train.lrr=1"]) == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+def test_cli_names_an_output_dir_it_cannot_write(tmp_path, capsys):
+    from repbend.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["train", str(TINY), f"output_dir={blocker}", "steps=1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and str(blocker) in err and "Traceback" not in err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main(["train", str(TINY), f"output_dir={locked / 'run'}", "steps=1", "-q"]) == 2
+        assert "Permission denied" in capsys.readouterr().err
 
 
 @pytest.mark.slow

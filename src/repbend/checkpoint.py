@@ -1,10 +1,12 @@
 """Checkpoints: trainable weights, optimizer, scheduler, RNG states and data position,
 written atomically (a temporary folder renamed into place) so a kill never leaves a
-half-written checkpoint behind."""
+half-written checkpoint behind. Everything is read back with ``weights_only=True``
+(tensors and plain values only): a checkpoint folder from someone else cannot run code."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -13,7 +15,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import RepbendError
+
 PREFIX = "step-"
+
+
+class CheckpointError(RepbendError):
+    """A checkpoint that cannot be trusted or read."""
 
 
 def trainable_state(model) -> dict:
@@ -21,18 +29,38 @@ def trainable_state(model) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values (loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_plain(path: Path):
+    """``torch.load`` of tensors and plain values only; anything else (a pickled object,
+    which could run code) is a CheckpointError naming the file."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: holds more than tensors and plain values; refusing to load it "
+                              f"(a pickle can run code). Resume from a checkpoint this version wrote. "
+                              f"({str(error).splitlines()[0]})") from None
 
 
 def temporary(final: Path) -> Path:
@@ -104,7 +132,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    rng = torch.load(folder / "rng.pt", weights_only=False)
+    optimizer.load_state_dict(load_plain(folder / "optimizer.pt"))
+    scheduler.load_state_dict(load_plain(folder / "scheduler.pt"))
+    rng = load_plain(folder / "rng.pt")
     return checkpoint_step(folder), rng

@@ -24,7 +24,7 @@ def _train(args) -> int:
     if args.num_processes or args.accelerate_config:
         return _launch(args)
     started = time.time()
-    result = train(config, resume=args.resume, progress=not args.quiet)
+    result = train(config, resume=args.resume, progress=not args.quiet, allow_changes=frozenset(args.allow_change))
     if not PartialState().is_main_process:
         return 0
     minutes = (time.time() - started) / 60
@@ -58,6 +58,7 @@ def _launch(args) -> int:
         launch += ["--multi_gpu"]
     command = [*launch, "-m", "repbend", *(["-v"] if args.verbose else []), "train", args.config, *args.overrides]
     command += [flag for flag, on in (("--resume", args.resume), ("-q", args.quiet)) if on]
+    command += [part for key in args.allow_change for part in ("--allow-change", key)]
     print("running: " + " ".join(command), flush=True)
     return subprocess.call(command)
 
@@ -171,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a LoRA adapter with a method's loss (RepBend by default)",
         description="Train a LoRA adapter from CONFIG; writes adapter/, config.yaml and metrics.jsonl to output_dir.",
     )
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the last checkpoint in output_dir; refused when a training setting changed")
+    train.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                       help="with --resume, accept a change to KEY (only train.steps: train longer)")
     train.add_argument("--num-processes", type=int, metavar="N",
                        help="run under `accelerate launch` with N processes (GPUs; gloo processes on a CPU machine)")
     train.add_argument("--accelerate-config", metavar="FILE",
@@ -244,6 +248,13 @@ def main(argv=None) -> int:
         return args.handler(args)
     except RepbendError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as error:
+        # An output folder that cannot be written (read-only, a file in its place): the
+        # path and the reason, not a traceback.
+        where = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
+        print(f"error: cannot write {where}: {error.strerror}; choose another output_dir or fix its "
+              f"permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is kept: run the same command again to continue "

@@ -161,8 +161,12 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 1
     log_every: int = 1
-    # Divergence guard: stop when the unsafe distance exceeds this (None = off).
+    # Divergence guard: stop when the unsafe distance exceeds this (None = off), and when
+    # |loss| or the gradient norm exceeds divergence_factor x its level, the largest of its
+    # median over the last divergence_window steps, over the first 3, and 1 (None = off).
     max_unsafe_distance: Optional[float] = None
+    divergence_factor: Optional[float] = 10.0
+    divergence_window: int = 10
     save_merged: bool = False
     num_threads: Optional[int] = None
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,23 +113,6 @@ def cut_at_stop(row: list[int], stop_ids: list[int]) -> list[int]:
     return row
 
 
-@contextmanager
-def decoding_threads(device: torch.device):
-    """One intra-op thread while decoding on a CPU. A decoding step is hundreds of small
-    ops, each a parallel region whose threads wait for one another: while another process
-    holds a core, every region waits for a time slice. On a busy 2-core machine 2 threads
-    took 143 s where 1 took 9 s (8 prompts x 48 tokens, 135M model; same outputs)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class HFBackend:
     """Batched generation with a transformers model (base, base + PEFT adapter, merged)."""
 
@@ -178,7 +160,7 @@ class HFBackend:
         return text + prompt.prefill
 
     def generate(self, prompts: list, settings: GenerationSettings) -> list:
-        with torch.inference_mode(), decoding_threads(next(self.model.parameters()).device):
+        with torch.inference_mode():
             return self._generate(prompts, settings)
 
     def _generate(self, prompts: list, settings: GenerationSettings) -> list:

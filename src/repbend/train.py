@@ -4,26 +4,30 @@ Per optimizer step it runs ``grad_accum`` micro-batches, clips, steps, and appen
 line to ``metrics.jsonl`` (each loss term, total, grad norm, lr, tokens, tokens/s). It
 checkpoints every ``save_every`` steps, resumes exactly (weights, optimizer, scheduler,
 RNG, data position), and stops with :class:`TrainingDiverged` on a non-finite loss or
-gradient or an unsafe distance beyond the configured bound, keeping the last good
-checkpoint.
+gradient, an unsafe distance beyond the configured bound, or a loss or gradient norm that
+jumps far above its recent median, keeping the last good checkpoint (one written before
+the diverged step).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import statistics
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from .checkpoint import (
     atomic_dir, checkpoint_dir, checkpoint_step, commit_dir, finish_checkpoint, list_checkpoints, load_checkpoint,
-    rng_state, save_checkpoint, set_rng_state, temporary,
+    load_plain, rng_state, save_checkpoint, set_rng_state, temporary,
 )
-from .config import Config, save_config
+from .config import Config, save_config, to_dict
 from .data.collate import MicroBatches, pair_rows
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .data.render import render_all
@@ -151,7 +155,48 @@ def prepare(config: Config) -> tuple:
     return tokenizer, model, method, streams
 
 
-def train(config: Config, resume: bool = False, progress: bool = True) -> TrainResult:
+# Settings a resumed run may change without changing what it trains: where and how often
+# it writes, threads, the guard.
+RESUME_FREE = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.num_threads",
+               "train.save_merged", "train.max_unsafe_distance", "train.divergence_factor", "train.divergence_window"}
+# Changes a resumed run accepts only when asked by name (--allow-change).
+RESUME_ALLOWED = {"train.steps"}
+TRAINING_SECTIONS = ("model", "lora", "data", "loss", "train")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume_settings(saved_path: Path, config: Config, allowed: set) -> None:
+    """Refuse to resume a run with changed training settings (they would be written to
+    config.yaml while the checkpoint trains on with the old ones), naming each key."""
+    if not saved_path.is_file():
+        return
+    unknown = set(allowed) - RESUME_ALLOWED
+    if unknown:
+        raise ConfigError(f"--allow-change: {', '.join(sorted(unknown))} cannot change on resume; "
+                          f"allowed: {', '.join(sorted(RESUME_ALLOWED))}")
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    new = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))
+    old_flat = _flat({k: saved.get(k, {}) for k in TRAINING_SECTIONS})
+    new_flat = _flat({k: new[k] for k in TRAINING_SECTIONS})
+    changed = [key for key in sorted(set(old_flat) | set(new_flat))
+               if old_flat.get(key) != new_flat.get(key) and key not in RESUME_FREE and key not in allowed]
+    if changed:
+        listed = "; ".join(f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}" for key in changed)
+        hint = " (train.steps may grow with --allow-change train.steps)" if "train.steps" in changed else ""
+        raise ConfigError(f"--resume: {saved_path} was trained with other settings: {listed}. Resume with the "
+                          f"saved settings, or train into another output_dir{hint}")
+
+
+def train(config: Config, resume: bool = False, progress: bool = True, allow_changes: frozenset = frozenset()) -> TrainResult:
     from accelerate import Accelerator
     from transformers import get_scheduler
 
@@ -168,8 +213,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     )
     if t.save_merged and _sharded(accelerator):
         raise ConfigError("train.save_merged needs unsharded weights: under DeepSpeed or FSDP merge the saved adapter afterwards")
-    if accelerator.is_main_process:
-        save_config(config, out / "config.yaml")
+    if resume:
+        check_resume_settings(out / "config.yaml", config, set(allow_changes))
 
     tokenizer, model, method, streams = prepare(config)
     batches = MicroBatches(
@@ -190,19 +235,23 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         found = list_checkpoints(checkpoints)
         if found and _sharded(accelerator):
             accelerator.load_state(str(found[-1]))
-            scheduler.load_state_dict(torch.load(found[-1] / "scheduler.pt", weights_only=False))
+            scheduler.load_state_dict(load_plain(found[-1] / "scheduler.pt"))
             start = checkpoint_step(found[-1])
         elif found:
             start, rng = load_checkpoint(found[-1], model, optimizer, scheduler)
             set_rng_state(rng[accelerator.process_index])
         if found:
             log.info("resumed from %s", found[-1])
+    # Written once the checkpoint has loaded: a refused resume leaves the old file alone.
+    if accelerator.is_main_process:
+        save_config(config, out / "config.yaml")
     metrics = MetricsLog(out / "metrics.jsonl", start) if accelerator.is_main_process else None
     bar = Progress(t.steps, start, progress and accelerator.is_main_process)
     record: dict = {}
+    guard = JumpGuard(t.divergence_factor, t.divergence_window)
     try:
         for step in range(start + 1, t.steps + 1):
-            record = _train_step(step, t, batches, module, optimizer, scheduler, runner, accelerator)
+            record = _train_step(step, t, batches, module, optimizer, scheduler, runner, accelerator, guard)
             if metrics is not None:
                 metrics.write(record)
             bar.update(step, record)
@@ -229,7 +278,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     return TrainResult(out, adapter_dir, t.steps, record, model.eval())
 
 
-def _train_step(step, t, batches, module, optimizer, scheduler, runner, accelerator) -> dict:
+def _train_step(step, t, batches, module, optimizer, scheduler, runner, accelerator, guard) -> dict:
     started = time.perf_counter()
     accelerator.unwrap_model(module).method.start_step(step, t.steps)
     tokens_before = (runner.tokens.real, runner.tokens.processed)
@@ -275,6 +324,7 @@ def _train_step(step, t, batches, module, optimizer, scheduler, runner, accelera
         raise TrainingDiverged(
             _diverged(step, f"the unsafe distance {sums['unsafe_distance']:.4g} exceeds train.max_unsafe_distance={t.max_unsafe_distance}", sums)
         )
+    guard.check(step, sums, grad_norm)  # before the optimizer step: a diverged step is never saved
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
@@ -290,6 +340,40 @@ def _train_step(step, t, batches, module, optimizer, scheduler, runner, accelera
         "tokens_per_s": real / elapsed if elapsed > 0 else 0.0,
         "seconds": elapsed,
     }
+
+
+class JumpGuard:
+    """Stops a run whose |loss| or gradient norm jumps to ``factor`` x its level: the
+    largest of its median over the last ``window`` steps, its median over the first steps
+    and 1 (a loss that converges towards 0, as DPO's does, would otherwise make every
+    later wobble a jump). A loss of -1e10 is finite, so the non-finite check alone keeps
+    training and checkpointing through it. Off when ``factor`` is None."""
+
+    MIN_HISTORY = 3
+    FLOOR = 1.0  # a loss starting at 0 (RepBend's distances at step 1) is not a level to jump from
+
+    def __init__(self, factor: float | None, window: int):
+        self.factor = factor
+        self.recent = {"|loss|": deque(maxlen=window), "gradient norm": deque(maxlen=window)}
+        self.first = {name: [] for name in self.recent}
+
+    def check(self, step: int, sums: dict, grad_norm: float | None) -> None:
+        if self.factor is None:
+            return
+        values = {"|loss|": abs(sums["total"]), "gradient norm": grad_norm}
+        for name, value in values.items():
+            if value is None or len(self.recent[name]) < self.MIN_HISTORY:
+                continue
+            level = max(statistics.median(self.recent[name]), statistics.median(self.first[name]), self.FLOOR)
+            if level > 0 and value > self.factor * level:
+                raise TrainingDiverged(_diverged(
+                    step, f"the {name} {value:.4g} is over train.divergence_factor={self.factor:g} x its level "
+                          f"({level:.4g}: the largest of its recent median, its first steps' median and 1)", sums))
+        for name, value in values.items():
+            if value is not None:
+                self.recent[name].append(value)
+                if len(self.first[name]) < self.MIN_HISTORY:
+                    self.first[name].append(value)
 
 
 def _diverged(step: int, what: str, terms: dict) -> str:

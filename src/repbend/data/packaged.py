@@ -313,10 +313,13 @@ def disjointness(prompts: dict[str, list[str]], cosine: float | None) -> dict:
     prompts they share and, with ``cosine``, the highest MiniLM cosine between their
     prompts and how many pairs reach ``cosine``."""
     names = list(prompts)
-    texts = {name: sorted({normalise_text(text) for text in prompts[name]}) for name in names}
+    # Normalised text decides exact overlap; the cosine reads the prompts as written, the
+    # form the deduplication embedded (normalising changes MiniLM's cosine by a few points).
+    written = {name: {normalise_text(text): text for text in sorted(prompts[name])} for name in names}
+    texts = {name: sorted(written[name]) for name in names}
     vectors = {}
     if cosine is not None:
-        flat = [text for name in names for text in texts[name]]
+        flat = [written[name][text] for name in names for text in texts[name]]
         embedded = _embed_sorted(flat) if flat else None
         offset = 0
         for name in names:

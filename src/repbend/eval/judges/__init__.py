@@ -4,10 +4,11 @@ Every judge takes a batch of :class:`JudgeInput` and returns one :class:`Verdict
 A judge that cannot decide raises :class:`JudgeError`; it never answers "safe" by default,
 since a silent "safe" would lower the attack success rate.
 
-Offline judges: ``keywords`` (refusal phrases), ``heuristic`` (refusal + degeneration +
-topicality), ``learned`` (MiniLM features + a shipped logistic head). With a model or a
-server: ``classifier`` (HarmBench / Llama Guard 3 / WildGuard from a local path) and
-``endpoint`` (an OpenAI-compatible chat API). ``benchmarks/judge_agreement.py`` measures
+Offline judges: ``keywords`` (refusal phrases), ``heuristic`` (no refusal phrase, on
+topic, and enough distinct content: a looping answer counts by its distinct words),
+``learned`` (MiniLM features + a shipped logistic head). With a model or a server:
+``classifier`` (HarmBench / Llama Guard 3 / WildGuard from a local path) and ``endpoint``
+(an OpenAI-compatible chat API). ``benchmarks/judge_agreement.py`` measures
 them against human labels.
 """
 from __future__ import annotations
