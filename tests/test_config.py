@@ -260,3 +260,28 @@ def test_include_lays_a_config_over_another(tmp_path):
     (tmp_path / "missing.yaml").write_text("include: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml does not exist .included from"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.lr=-1", "train.lr: must be > 0, got -1.0"),
+    ("train.micro_batch=0", "train.micro_batch: must be >= 1, got 0"),
+    ("train.save_every=0", "train.save_every: must be >= 1, got 0"),
+    ("train.scheduler=bogus", "train.scheduler: must be one of constant, constant_with_warmup, linear, cosine, got 'bogus'"),
+    ("train.steps=-3", "train.steps: must be >= 1, got -3"),
+    ("train.steps=0", "train.steps: must be >= 1, got 0"),
+    ("train.grad_accum=0", "train.grad_accum: must be >= 1, got 0"),
+    ("lora.r=0", "lora.r: must be >= 1, got 0"),
+    ("lora.dropout=1.5", "lora.dropout: must be in [0, 1), got 1.5"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens: must be >= 1, got 0"),
+    ("train.divergence_factor=0.5", "train.divergence_factor: must be > 1, got 0.5"),
+])
+def test_out_of_range_settings_name_file_key_and_value(override, named):
+    path = CONFIGS / "tiny-test.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, [override])
+    assert str(caught.value) == f"{path}: {named}"
+
+
+def test_off_settings_pass_the_range_checks():
+    config = load_config(CONFIGS / "tiny-test.yaml", ["train.max_grad_norm=null", "train.divergence_factor=null"])
+    assert config.train.max_grad_norm is None and config.train.divergence_factor is None

@@ -417,10 +417,56 @@ def _build(cls, data: dict, prefix: str):
             ]
         else:
             kwargs[key] = _coerce(value, annotation, full)
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    _check_ranges(built, prefix)
+    return built
 
 
 _LIST_FIELDS = {("DataConfig", "sources"): SourceConfig, ("EvalConfig", "benchmarks"): BenchmarkSpec}
+
+
+def _at_least(low):
+    return lambda value: value >= low, f"must be >= {low}"
+
+
+def _above(low):
+    return lambda value: value > low, f"must be > {low}"
+
+
+def _fraction(closed_high: bool):
+    if closed_high:
+        return lambda value: 0 <= value <= 1, "must be in [0, 1]"
+    return lambda value: 0 <= value < 1, "must be in [0, 1)"
+
+
+def _one_of(*choices):
+    return lambda value: value in choices, "must be one of " + ", ".join(choices)
+
+
+# Ranges and choices of numeric and enumerated settings, checked at load so a bad value is
+# named with its file and key instead of failing deep in torch (None passes: "off").
+_RULES = {
+    "LoraSettings": {"r": _at_least(1), "alpha": _above(0), "dropout": _fraction(False)},
+    "DataConfig": {"max_prompt_tokens": _at_least(1), "max_response_tokens": _at_least(1),
+                   "max_retain_tokens": _at_least(1), "recovery_fraction": _fraction(True),
+                   "recovery_max_words": _at_least(1), "max_safe": _at_least(0), "max_unsafe_safe": _at_least(0),
+                   "max_unsafe_unsafe": _at_least(0), "max_retain": _at_least(0)},
+    "TrainConfig": {"steps": _at_least(1), "micro_batch": _at_least(1), "grad_accum": _at_least(1),
+                    "lr": _above(0), "scheduler": _one_of("constant", "constant_with_warmup", "linear", "cosine"),
+                    "warmup_steps": _at_least(0), "weight_decay": _at_least(0), "max_grad_norm": _above(0),
+                    "precision": _one_of("auto", "fp32", "bf16", "fp16"), "save_every": _at_least(1),
+                    "keep_checkpoints": _at_least(0), "log_every": _at_least(1), "max_unsafe_distance": _above(0),
+                    "divergence_factor": _above(1), "divergence_window": _at_least(1), "num_threads": _at_least(1)},
+    "EvalConfig": {"max_new_tokens": _at_least(1), "batch_size": _at_least(1)},
+    "BuildConfig": {"dev_fraction": _above(0), "max_new_tokens": _at_least(1), "batch_size": _at_least(1)},
+}
+
+
+def _check_ranges(obj, prefix: str) -> None:
+    for name, (valid, rule) in _RULES.get(type(obj).__name__, {}).items():
+        value = getattr(obj, name)
+        if value is not None and not valid(value):
+            raise ConfigError(f"{prefix}{name}: {rule}, got {value!r}")
 
 
 def all_keys(cls, prefix: str = "") -> list:
