@@ -1,4 +1,4 @@
-"""The baselines of SPEC §7 on the one training loop: each loss term against a direct
+"""The paper's baselines on the one training loop: each loss term against a direct
 computation, step-zero values, the circuit-breaker schedule under gradient accumulation,
 task arithmetic against a merge by hand, and every method training a tiny model."""
 from __future__ import annotations

@@ -28,7 +28,7 @@ def test_every_shipped_config_loads(path):
 
 def test_recipe_values_are_exactly_spec():
     c = load_config(RECIPE)
-    # SPEC §3: L = 0.5 d_s - 0.5 d_u + 0.1 c + 0.3 k + 0 e, KL at T=2, batchmean, plain L2.
+    # The loss: L = 0.5 d_s - 0.5 d_u + 0.1 c + 0.3 k + 0 e, KL at T=2, batchmean, plain L2.
     assert (c.loss.safe_coef, c.loss.unsafe_coef, c.loss.cosine_coef, c.loss.kl_coef, c.loss.paired_coef) == (
         0.5, 0.5, 0.1, 0.3, 0.0,
     )
@@ -43,7 +43,7 @@ def test_recipe_values_are_exactly_spec():
     assert c.loss.unsafe_distance_cap is None
     assert c.loss.refusal_ce_coef == 0.0
     assert c.loss.safe_includes_refusals is True
-    # SPEC §4: training.
+    # Training.
     assert c.train.lr == 1e-5
     assert c.train.steps == 450
     assert (c.train.micro_batch, c.train.grad_accum) == (4, 4)
@@ -56,7 +56,7 @@ def test_recipe_values_are_exactly_spec():
     assert sorted(c.lora.target_modules) == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    # SPEC §1: fixed caps of REF (prompt 512, response 512, retain 1024), 10k/20k/20k/10k rows.
+    # Data: the reference code's fixed caps (prompt 512, response 512, retain 1024), 10k/20k/20k/10k rows.
     assert (c.data.max_prompt_tokens, c.data.max_response_tokens, c.data.max_retain_tokens) == (512, 512, 1024)
     assert (c.data.max_safe, c.data.max_unsafe_safe, c.data.max_unsafe_unsafe, c.data.max_retain) == (
         10000, 20000, 20000, 10000,

@@ -1,4 +1,4 @@
-"""Model loading, decoder-block discovery, layer bands and LoRA placement (SPEC §2)."""
+"""Model loading, decoder-block discovery, layer bands and LoRA placement."""
 from __future__ import annotations
 
 import re
@@ -65,7 +65,7 @@ def test_default_band_recipe_depth():
 
 def test_default_band_scaled_depths():
     assert default_target_band(30) == list(range(19, 29))
-    # SPEC formula round(20L/32) .. round(31L/32) - 1, rounding half up.
+    # The recipe's band scaled: round(20L/32) .. round(31L/32) - 1, rounding half up.
     for blocks in (4, 8, 12, 16, 24, 26, 28, 40, 42, 48, 80):
         start = int(20 * blocks / 32 + 0.5)
         stop = int(31 * blocks / 32 + 0.5) - 1

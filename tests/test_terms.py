@@ -1,4 +1,4 @@
-"""Loss terms (SPEC §3) against direct, loop-based computations."""
+"""Loss terms against direct, loop-based computations."""
 from __future__ import annotations
 
 import math

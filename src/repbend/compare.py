@@ -1,4 +1,4 @@
-"""``repbend compare``: RepBend and the baselines of SPEC §7 under one budget and one evaluation.
+"""``repbend compare``: RepBend and the paper's baselines under one budget and one evaluation.
 
 Each name in ``compare.methods`` is an overlay, ``compare.method_dir/<name>.yaml`` (loss,
 lora and train sections), applied on top of the config, then ``compare.overrides[name]``.
@@ -166,7 +166,7 @@ def model_scores(groups: dict, capability: dict, seed: int) -> dict:
             "capability": family["capability"],
             "safety": safety,
             "usability": _mean([family["compliance"], family["capability"]]),
-            "overall": _mean([safety, family["compliance"], family["capability"]]),  # SPEC §5
+            "overall": _mean([safety, family["compliance"], family["capability"]]),  # the paper's overall score
         }
 
     point = means(values)
@@ -246,7 +246,7 @@ def render_markdown(data: dict) -> str:
         f"Judge `{data['judge']}`; every method trained {data.get('steps', '?')} steps on the same data and seed. "
         "Rates in % with 95 % bootstrap intervals (means: every group's prompts resampled at once). "
         "ASR counts compliance only; degenerate answers are shown beside it. Overall = mean of safety "
-        "(100 - mean ASR), over-refusal compliance and capability (SPEC §5).",
+        "(100 - mean ASR), over-refusal compliance and capability (the paper's overall score).",
         "",
         "| method | " + " | ".join(header for header, _ in table) + " |",
         "|" + "---|" * (len(table) + 1),

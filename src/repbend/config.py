@@ -51,7 +51,7 @@ class LoraSettings:
     dropout: float = 0.05
     # Module name suffixes inside each decoder block, or "all-linear".
     target_modules: Union[list, str] = "all-linear"
-    # Which decoder blocks get LoRA: "auto" = blocks 0..max loss layer (SPEC §2),
+    # Which decoder blocks get LoRA: "auto" = blocks 0..max loss layer,
     # "all", or an explicit list of block indices.
     layers: Union[list, str] = "auto"
 
@@ -120,7 +120,7 @@ class LossConfig:
     # Leave P_us rows out of the safe distance (they are still used by other terms).
     safe_includes_refusals: bool = True
 
-    # Baselines (SPEC §7), each on the same training loop; a method reads only its group.
+    # Baselines, each on the same training loop; a method reads only its group.
     # Weight of the retain cross-entropy of npo (NPO-RT) and refusal_sft.
     retain_coef: float = 1.0
     # circuit_breaker: ReLU(cos(h', h)) on harmful text at cb_target_layers ("auto": 10

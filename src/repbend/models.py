@@ -246,8 +246,8 @@ def find_blocks(model: nn.Module) -> Blocks:
 
 
 def default_target_band(num_blocks: int) -> list[int]:
-    """The recipe's hidden-state band 20..30 of 32 blocks, scaled to ``num_blocks``
-    (SPEC §2). Rounds half up so the result does not depend on banker's rounding."""
+    """The recipe's hidden-state band 20..30 of 32 blocks, scaled to ``num_blocks``.
+    Rounds half up so the result does not depend on banker's rounding."""
     start = int(20 * num_blocks / 32 + 0.5)
     stop = int(31 * num_blocks / 32 + 0.5) - 1
     return list(range(max(1, start), max(start, stop) + 1))

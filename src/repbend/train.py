@@ -70,7 +70,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def build_streams(config: Config, tokenizer, method) -> dict:
-    """The four sets of SPEC §1 rendered, arranged into the streams the method reads:
+    """The four training sets rendered, arranged into the streams the method reads:
     safe = P_s + P_us, unsafe = P_uu, retain, and pairs (P_uu, P_us with one prompt),
     whose rows then leave the safe and unsafe streams."""
     sets = build_sets(config.data.sources, caps_from_config(config.data), config.data.seed)

@@ -1,4 +1,4 @@
-"""Analysis of a bent model (SPEC §6): logit lens and safe-vs-unsafe activation geometry."""
+"""Analysis of a bent model: logit lens and safe-vs-unsafe activation geometry."""
 from .report import report_lines, summary_lines
 from .run import AnalysisResult, analyze
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The four training sets of SPEC §1, named by (prompt, response) safety.
+# The four training sets, named by (prompt, response) safety.
 SAFE = "safe"  # P_s: safe prompt + helpful response
 UNSAFE_SAFE = "unsafe_safe"  # P_us: harmful prompt + refusal
 UNSAFE_UNSAFE = "unsafe_unsafe"  # P_uu: harmful prompt + complying response

@@ -1,4 +1,4 @@
-"""Readers: data files in the public layouts -> :class:`Example` rows (SPEC §1).
+"""Readers: data files in the public layouts -> :class:`Example` rows.
 
 Two levels: :func:`read_records` turns any supported file format (JSONL, JSON, CSV/TSV,
 Parquet, a ``datasets`` ``save_to_disk`` folder) into located dict records; one reader
@@ -273,7 +273,7 @@ def _wildguardmix_row(record: dict, location: Location) -> Iterable[Example]:
 
 
 def read_wildguardmix(path: str | Path) -> Iterator[Example]:
-    """WildGuardMix rows bucketed by their three labels (SPEC §1); other rows unused."""
+    """WildGuardMix rows bucketed by their three labels; other rows unused."""
     return _convert(path, _wildguardmix_row)
 
 
@@ -326,7 +326,7 @@ def read_wildjailbreak(path: str | Path) -> Iterator[Example]:
 
 def _ultrachat_row(record: dict, location: Location) -> Iterable[Example]:
     messages = messages_field(record, location)
-    # SPEC §1: the retain set uses conversations of at least two messages.
+    # As in the reference code, the retain set uses conversations of at least two messages.
     if len(messages) < 2:
         return ()
     return (Example(kind=RETAIN, messages=messages, source=str(location)),)

@@ -1,4 +1,4 @@
-"""The four training sets (SPEC §1): read sources, deduplicate, cap, save and load.
+"""The four training sets: read sources, deduplicate, cap, save and load.
 
 Capping samples with ``random.Random`` seeded from the data seed (string seeds hash with
 SHA-512, not ``hash()``), so the sets do not depend on PYTHONHASHSEED. Rows come back in

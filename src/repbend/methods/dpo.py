@@ -1,4 +1,4 @@
-"""DPO against harmful answers (SPEC §7): for each WildJailbreak-style pair (one prompt
+"""DPO against harmful answers: for each WildJailbreak-style pair (one prompt
 with a refusal and a harmful answer, sharing a pair_id), chosen = the refusal, rejected =
 the harmful answer, reference = the same model with the adapter disabled.
 

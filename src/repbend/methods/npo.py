@@ -1,4 +1,4 @@
-"""NPO-RT: negative preference optimisation on harmful answers plus a retain term (SPEC §7).
+"""NPO-RT: negative preference optimisation on harmful answers plus a retain term.
 
 L = (2/beta) mean -log sigmoid(-beta (log p'(y|x) - log p(y|x))) over P_uu rows (y the
 harmful answer, p the frozen model) + retain_coef * cross-entropy on retain rows. Unlike

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning baselines (SPEC §7): next-token cross-entropy on answers.
+"""Supervised fine-tuning baselines: next-token cross-entropy on answers.
 
 ``refusal_sft``: the safe stream's answers (P_s helpful answers, P_us refusals) plus
 retain_coef * cross-entropy on retain conversations. ``sft_unsafe``: the harmful P_uu

@@ -1,4 +1,4 @@
-"""Representation Bending (SPEC §3).
+"""Representation Bending.
 
 L = safe_coef * d_s - unsafe_coef * d_u + cosine_coef * c + kl_coef * k + paired_coef * e
 (the recipe: 0.5, 0.5, 0.1, 0.3, 0), plus the options beyond it (off in the recipe): a cap on

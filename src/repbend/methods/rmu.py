@@ -1,4 +1,4 @@
-"""RMU, representation misdirection for unlearning (SPEC §7; the WMDP code's loss).
+"""RMU, representation misdirection for unlearning (the WMDP code's loss).
 
 L = mean (h'_l - c u)^2 over harmful text (P_uu prompt and answer) + rmu_retain_coef *
 mean (h'_l - h_l)^2 over retain text, at one hidden state l: the residual stream after the

@@ -1,4 +1,4 @@
-"""Task arithmetic (SPEC §7): a weight operation, not a loss.
+"""Task arithmetic: a weight operation, not a loss.
 
 Two LoRA runs on the one training loop, each with the full step budget: ``safe`` learns
 the safe task (``refusal_sft``: P_s answers, P_us refusals, retain chat) and ``unsafe``

@@ -1,4 +1,4 @@
-"""Loss terms as pure functions of hidden states, logits and masks (SPEC §3).
+"""Loss terms as pure functions of hidden states, logits and masks.
 
 Shapes: ``hidden`` tensors are [L, N, D] (L layers, N selected tokens, D model width);
 ``logits`` are [N, V]. Everything is computed in float32 whatever the activations' dtype.

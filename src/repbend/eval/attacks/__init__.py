@@ -1,4 +1,4 @@
-"""Attacks: benchmark rows -> the prompts the model under test receives (SPEC §5).
+"""Attacks: benchmark rows -> the prompts the model under test receives.
 
 An attack is a class registered in :data:`ATTACKS` by its ``name``; options come in
 ``AttackContext.options``. Modules listed at the bottom register themselves on import.

@@ -1,4 +1,4 @@
-"""The input-embedding attack (SPEC §5): continuous embeddings after the behavior,
+"""The input-embedding attack: continuous embeddings after the behavior,
 initialised from the embeddings of "x x ... x" (20 x) and optimised with Adam (lr 1e-4,
 500 steps, stop at loss 0.05) so the answer starts with the target + ":\\n\\n". The model
 then generates from the whole prompt as input embeddings, so this attack needs a backend

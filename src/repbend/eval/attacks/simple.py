@@ -1,5 +1,5 @@
 """Non-optimising attacks: the direct request, and the request with an affirmative
-assistant prefill (SPEC §5).
+assistant prefill.
 
 The past/future tense rephrasings are benchmarks (``tense_past``, ``tense_future`` in
 :mod:`repbend.eval.benchmarks`), not attacks: they are a prompt set of their own, and

@@ -1,5 +1,4 @@
-"""The ``template`` attack: each request filled into each jailbreak template of a set
-(SPEC §5; sources in DATA.md).
+"""The ``template`` attack: each request filled into each jailbreak template of a set.
 
 Sets are split by source so that training on one set and evaluating on the other tests
 generalisation: ``train`` = pyrit's in-the-wild and classic templates; ``heldout`` =
