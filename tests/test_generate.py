@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -278,23 +280,55 @@ def test_cache_key_holds_the_sampling_settings():
     assert GenerationCache.key("other", prompt, base) != key
 
 
-def test_vllm_identity_follows_engine_settings_and_template(byte_tok, monkeypatch):
-    # vLLM needs a GPU: a stand-in engine is enough to see what the identity holds.
-    import sys
-    import types
+class _FakeVLLM:
+    """A stand-in for vLLM (which needs a GPU): records what the engine and each call get."""
 
-    from repbend.generate import VLLMBackend
+    engines: list = []
+    calls: list = []
 
     class LLM:
-        def __init__(self, **engine_args):
-            self.engine_args = engine_args
+        def __init__(self, **engine):
+            _FakeVLLM.engines.append(engine)
 
-        def get_tokenizer(self):
-            return byte_tok
+        def generate(self, requests, params, lora_request=None, use_tqdm=True):
+            _FakeVLLM.calls.append((requests, params, lora_request))
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="ok")]) for _ in requests]
 
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM))
-    first = VLLMBackend("org/model", dtype="bfloat16").identity
-    assert VLLMBackend("org/model", dtype="bfloat16").identity == first
-    assert VLLMBackend("org/model", dtype="float16").identity != first
-    byte_tok.chat_template = byte_tok.chat_template.replace("\n", "\n\n")
-    assert VLLMBackend("org/model", dtype="bfloat16").identity != first
+    class SamplingParams(dict):
+        def __init__(self, **settings):
+            super().__init__(settings)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    _FakeVLLM.engines, _FakeVLLM.calls = [], []
+    lora = types.SimpleNamespace(LoRARequest=lambda *args: args)
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=_FakeVLLM.LLM, SamplingParams=_FakeVLLM.SamplingParams))
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.SimpleNamespace(request=lora))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
+    return _FakeVLLM
+
+
+def test_vllm_backend_gets_the_model_settings_and_the_hf_prompt_tokens(tiny_model_folder, fake_vllm):
+    from repbend.config import ModelConfig
+    from repbend.generate import VLLMBackend
+    from repbend.models import load_tokenizer
+
+    config = ModelConfig(name_or_path=str(tiny_model_folder), dtype="bfloat16", revision="abc123", trust_remote_code=True)
+    backend = VLLMBackend(config)
+    assert fake_vllm.engines[-1] == {"model": str(tiny_model_folder), "revision": "abc123", "dtype": "bfloat16",
+                                     "trust_remote_code": True, "enable_lora": False, "max_lora_rank": 64}
+    (prompt,) = prompts(["hello"])
+    assert backend.generate([prompt], GenerationSettings(max_new_tokens=5)) == ["ok"]
+    (requests, params, _), = fake_vllm.calls
+    tokenizer = load_tokenizer(config)
+    text = tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+    # The rendered template already holds its special tokens: none are added (no second BOS).
+    assert requests == [{"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}]
+    assert params == {"max_tokens": 5, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+
+    same = VLLMBackend(config).identity
+    assert same == backend.identity
+    for change in (dict(dtype="float16"), dict(revision="def456"), dict(chat_template="{{ messages[0]['content'] }}")):
+        other = ModelConfig(**{**vars(config), **change})
+        assert VLLMBackend(other).identity != backend.identity, change

@@ -205,26 +205,45 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """vLLM (``pip install repbend[vllm]``, GPU only); adapters through LoRARequest."""
+    """vLLM (``pip install repbend[vllm]``, GPU only); adapters through LoRARequest. Prompts
+    are rendered and tokenized by the same tokenizer as the HF backend (model.tokenizer,
+    model.chat_template, no special tokens added to the rendered template, so no second
+    BOS) and passed to vLLM as token ids; the engine gets model.revision, model.dtype and
+    model.trust_remote_code."""
 
-    def __init__(self, model_path: str, adapter: str | None = None, max_lora_rank: int = 64, **engine_args):
+    def __init__(self, model_config, adapter: str | None = None, max_lora_rank: int = 64):
         try:
             from vllm import LLM
         except ImportError:
             raise ConfigError("the vllm backend needs the extra: pip install 'repbend[vllm]' (GPU only)") from None
-        self.llm = LLM(model=model_path, enable_lora=adapter is not None, max_lora_rank=max_lora_rank, **engine_args)
-        self.tokenizer = self.llm.get_tokenizer()
+        from .models import _weights_source, load_tokenizer
+
+        if model_config.random_init is not None:
+            raise ConfigError("the vllm backend loads weights from a folder or the hub; model.random_init is hf only")
+        path, extra = _weights_source(model_config)  # a GGUF becomes its dequantized folder
+        if "gguf_file" in extra:
+            raise ConfigError("the vllm backend needs model.cache_dequantized=true for a GGUF model")
+        self.tokenizer = load_tokenizer(model_config)
+        engine = {"model": path, "revision": model_config.revision, "dtype": model_config.dtype,
+                  "trust_remote_code": model_config.trust_remote_code}
+        if model_config.tokenizer and model_config.tokenizer != "byte":
+            engine["tokenizer"] = model_config.tokenizer
+        self.llm = LLM(**engine, enable_lora=adapter is not None, max_lora_rank=max_lora_rank)
         self.adapter = adapter
-        folder = Path(model_path)
+        folder = Path(path)
         setup = {
             "weights": folder_digest(folder) if folder.is_dir() else None,
-            "engine": engine_args,
+            "engine": engine,
             "tokenizer": tokenizer_digest(self.tokenizer),
             "chat_template": self.tokenizer.chat_template,
             "adapter": file_digest(Path(adapter) / "adapter_model.safetensors") if adapter else None,
             "max_lora_rank": max_lora_rank if adapter else None,
         }
-        self.identity = f"vllm:{model_path}:{digest(setup)}"
+        self.identity = f"vllm:{model_config.name_or_path}:{digest(setup)}"
+
+    def prompt_ids(self, prompt) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text + prompt.prefill, add_special_tokens=False)["input_ids"]
 
     def generate(self, prompts: list, settings: GenerationSettings) -> list:
         from vllm import SamplingParams
@@ -238,12 +257,9 @@ class VLLMBackend:
             top_p=settings.top_p if settings.do_sample else 1.0,
             seed=settings.seed,
         )
-        texts = [
-            self.tokenizer.apply_chat_template(list(p.messages), tokenize=False, add_generation_prompt=True) + p.prefill
-            for p in prompts
-        ]
+        requests = [{"prompt_token_ids": self.prompt_ids(p)} for p in prompts]
         lora = LoRARequest("adapter", 1, self.adapter) if self.adapter else None
-        outputs = self.llm.generate(texts, params, lora_request=lora, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, lora_request=lora, use_tqdm=False)
         return [output.outputs[0].text for output in outputs]
 
 

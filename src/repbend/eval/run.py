@@ -73,7 +73,7 @@ def make_backend(config: Config, model_config, adapter):
     if e.backend == "hf":
         return HFBackend.load(model_config, adapter, merge=e.merge_adapter)
     if e.backend == "vllm":
-        return VLLMBackend(model_config.name_or_path, adapter)
+        return VLLMBackend(model_config, adapter)
     if e.backend == "endpoint":
         if not e.endpoint_url or not e.endpoint_model:
             raise ConfigError("eval.backend=endpoint needs eval.endpoint_url and eval.endpoint_model")
