@@ -145,21 +145,26 @@ def test_unsafe_term_pushes_unsafe_states_away(tmp_path):
     assert all(later > earlier for earlier, later in zip(distances[1:], distances[2:])), distances
 
 
-def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, monkeypatch):
-    whole = train(tiny(tmp_path / "a", "train.steps=5", "train.save_every=2"), progress=False)
-
+def interrupted(config, monkeypatch, at_step: int) -> None:
+    """Train ``config`` until a KeyboardInterrupt at ``at_step``: a run killed mid-way."""
     real_step = train_module._train_step
 
-    def killed_at_step_4(step, *args, **kwargs):
-        if step == 4:
+    def killed(step, *args, **kwargs):
+        if step == at_step:
             raise KeyboardInterrupt
         return real_step(step, *args, **kwargs)
 
-    config = tiny(tmp_path / "b", "train.steps=5", "train.save_every=2")
-    monkeypatch.setattr(train_module, "_train_step", killed_at_step_4)
+    monkeypatch.setattr(train_module, "_train_step", killed)
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False)
     monkeypatch.setattr(train_module, "_train_step", real_step)
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = train(tiny(tmp_path / "a", "train.steps=5", "train.save_every=2"), progress=False)
+
+    config = tiny(tmp_path / "b", "train.steps=5", "train.save_every=2")
+    interrupted(config, monkeypatch, at_step=4)
     assert not (Path(config.output_dir) / "adapter").exists()
     with pytest.raises(ConfigError, match="--resume"):
         train(config, progress=False)  # never silently overwrites a run
@@ -175,17 +180,7 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, monkeyp
 
 def test_resume_refuses_changed_training_settings_and_keeps_the_saved_config(tmp_path, monkeypatch):
     config = tiny(tmp_path, "train.steps=3", "train.save_every=1")
-    real_step = train_module._train_step
-
-    def killed_at_step_3(step, *args, **kwargs):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_step(step, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_train_step", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.setattr(train_module, "_train_step", real_step)
+    interrupted(config, monkeypatch, at_step=3)
     saved = (Path(config.output_dir) / "config.yaml").read_text()
     for changes, named in ((["train.lr=5e-3"], "train.lr"), (["lora.r=8"], "lora.r"), (["train.steps=4"], "train.steps")):
         with pytest.raises(ConfigError, match=rf"--resume: .*config.yaml was trained with other settings: {named}"):
@@ -205,17 +200,7 @@ class _RunsCodeWhenUnpickled:
 
 def test_resume_refuses_a_pickle_in_the_checkpoint_folder(tmp_path, monkeypatch, capsys):
     config = tiny(tmp_path, "train.steps=3", "train.save_every=1")
-    real_step = train_module._train_step
-
-    def killed_at_step_3(step, *args, **kwargs):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_step(step, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_train_step", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.setattr(train_module, "_train_step", real_step)
+    interrupted(config, monkeypatch, at_step=3)
     newest = sorted((Path(config.output_dir) / "checkpoints").iterdir())[-1]
     # The checkpoint this version wrote holds tensors and plain values only.
     for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
