@@ -274,6 +274,9 @@ def test_include_lays_a_config_over_another(tmp_path):
     ("lora.dropout=1.5", "lora.dropout: must be in [0, 1), got 1.5"),
     ("eval.max_new_tokens=0", "eval.max_new_tokens: must be >= 1, got 0"),
     ("train.divergence_factor=0.5", "train.divergence_factor: must be > 1, got 0.5"),
+    ("build.dev_fraction=1", "build.dev_fraction: must be in (0, 1), got 1.0"),
+    ("build.near_duplicate_cosine=1.5", "build.near_duplicate_cosine: must be in (0, 1], got 1.5"),
+    ("build.temperature=0", "build.temperature: must be > 0, got 0.0"),
 ])
 def test_out_of_range_settings_name_file_key_and_value(override, named):
     path = CONFIGS / "tiny-test.yaml"

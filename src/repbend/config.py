@@ -433,10 +433,11 @@ def _above(low):
     return lambda value: value > low, f"must be > {low}"
 
 
-def _fraction(closed_high: bool):
-    if closed_high:
-        return lambda value: 0 <= value <= 1, "must be in [0, 1]"
-    return lambda value: 0 <= value < 1, "must be in [0, 1)"
+def _interval(low, high, bounds: str):
+    """``bounds`` is "[)", "(]", "()" or "[]": which ends belong to the interval."""
+    above = (lambda v: v >= low) if bounds[0] == "[" else (lambda v: v > low)
+    below = (lambda v: v <= high) if bounds[1] == "]" else (lambda v: v < high)
+    return lambda value: above(value) and below(value), f"must be in {bounds[0]}{low}, {high}{bounds[1]}"
 
 
 def _one_of(*choices):
@@ -446,9 +447,9 @@ def _one_of(*choices):
 # Ranges and choices of numeric and enumerated settings, checked at load so a bad value is
 # named with its file and key instead of failing deep in torch (None passes: "off").
 _RULES = {
-    "LoraSettings": {"r": _at_least(1), "alpha": _above(0), "dropout": _fraction(False)},
+    "LoraSettings": {"r": _at_least(1), "alpha": _above(0), "dropout": _interval(0, 1, "[)")},
     "DataConfig": {"max_prompt_tokens": _at_least(1), "max_response_tokens": _at_least(1),
-                   "max_retain_tokens": _at_least(1), "recovery_fraction": _fraction(True),
+                   "max_retain_tokens": _at_least(1), "recovery_fraction": _interval(0, 1, "[]"),
                    "recovery_max_words": _at_least(1), "max_safe": _at_least(0), "max_unsafe_safe": _at_least(0),
                    "max_unsafe_unsafe": _at_least(0), "max_retain": _at_least(0)},
     "TrainConfig": {"steps": _at_least(1), "micro_batch": _at_least(1), "grad_accum": _at_least(1),
@@ -458,7 +459,9 @@ _RULES = {
                     "keep_checkpoints": _at_least(0), "log_every": _at_least(1), "max_unsafe_distance": _above(0),
                     "divergence_factor": _above(1), "divergence_window": _at_least(1), "num_threads": _at_least(1)},
     "EvalConfig": {"max_new_tokens": _at_least(1), "batch_size": _at_least(1)},
-    "BuildConfig": {"dev_fraction": _above(0), "max_new_tokens": _at_least(1), "batch_size": _at_least(1)},
+    "BuildConfig": {"dev_fraction": _interval(0, 1, "()"), "heldout_benign_fraction": _interval(0, 1, "()"),
+                    "near_duplicate_cosine": _interval(0, 1, "(]"), "max_new_tokens": _at_least(1),
+                    "batch_size": _at_least(1), "temperature": _above(0)},
 }
 
 
@@ -594,6 +597,32 @@ def to_dict(config: Config) -> dict:
 def from_dict(data: dict) -> Config:
     """A typed config from a mapping such as :func:`to_dict` returns (checked like a file)."""
     return _build(Config, data, "")
+
+
+# The sections that decide what a training run trains.
+TRAINING_SECTIONS = ("model", "lora", "data", "loss", "train")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_training_settings(saved_path: Path, config: Config) -> dict:
+    """Dotted key -> (saved value, value in ``config``) for every training setting that
+    differs from the resolved config saved at ``saved_path`` (empty when none is saved)."""
+    if not saved_path.is_file():
+        return {}
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))
+    old = _flat({section: saved.get(section) or {} for section in TRAINING_SECTIONS})
+    new = _flat({section: current[section] for section in TRAINING_SECTIONS})
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -12,12 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .config import Config, SourceConfig, to_dict
+from .config import TRAINING_SECTIONS, Config, SourceConfig, changed_training_settings
 from .errors import ConfigError
 
-TRAINING_SECTIONS = ("model", "lora", "data", "loss", "train")
 # `repbend run` without CONFIG: the embedded model on 2 CPU cores.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smollm2-cpu.yaml"
 HARMFUL_EXAMPLE_WORDS = 8  # harmful answers in reports are cut to their first words
@@ -119,9 +116,8 @@ def training_is_done(config: Config) -> bool:
     saved = out / "config.yaml"
     if not saved.is_file():
         return False
-    previous = yaml.safe_load(saved.read_text()) or {}
-    current = to_dict(config)
-    changed = [s for s in TRAINING_SECTIONS if previous.get(s) != current[s]]
+    keys = changed_training_settings(saved, config)
+    changed = [s for s in TRAINING_SECTIONS if any(key.startswith(f"{s}.") for key in keys)]
     if changed and ((out / "adapter").exists() or (out / "checkpoints").exists()):
         raise ConfigError(f"{out} holds a training run with other {', '.join(changed)} settings; choose another output_dir")
     return (out / "adapter" / "adapter_model.safetensors").is_file() and not changed

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from .checkpoint import (
     atomic_dir, checkpoint_dir, checkpoint_step, commit_dir, finish_checkpoint, list_checkpoints, load_checkpoint,
     load_plain, rng_state, save_checkpoint, set_rng_state, temporary,
 )
-from .config import Config, save_config, to_dict
+from .config import Config, changed_training_settings, save_config
 from .data.collate import MicroBatches, pair_rows
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .data.render import render_all
@@ -161,36 +160,19 @@ RESUME_FREE = {"train.save_every", "train.keep_checkpoints", "train.log_every", 
                "train.save_merged", "train.max_unsafe_distance", "train.divergence_factor", "train.divergence_window"}
 # Changes a resumed run accepts only when asked by name (--allow-change).
 RESUME_ALLOWED = {"train.steps"}
-TRAINING_SECTIONS = ("model", "lora", "data", "loss", "train")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def check_resume_settings(saved_path: Path, config: Config, allowed: set) -> None:
     """Refuse to resume a run with changed training settings (they would be written to
     config.yaml while the checkpoint trains on with the old ones), naming each key."""
-    if not saved_path.is_file():
-        return
     unknown = set(allowed) - RESUME_ALLOWED
     if unknown:
         raise ConfigError(f"--allow-change: {', '.join(sorted(unknown))} cannot change on resume; "
                           f"allowed: {', '.join(sorted(RESUME_ALLOWED))}")
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    new = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))
-    old_flat = _flat({k: saved.get(k, {}) for k in TRAINING_SECTIONS})
-    new_flat = _flat({k: new[k] for k in TRAINING_SECTIONS})
-    changed = [key for key in sorted(set(old_flat) | set(new_flat))
-               if old_flat.get(key) != new_flat.get(key) and key not in RESUME_FREE and key not in allowed]
+    changes = changed_training_settings(saved_path, config)
+    changed = [key for key in changes if key not in RESUME_FREE and key not in allowed]
     if changed:
-        listed = "; ".join(f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}" for key in changed)
+        listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in changed)
         hint = " (train.steps may grow with --allow-change train.steps)" if "train.steps" in changed else ""
         raise ConfigError(f"--resume: {saved_path} was trained with other settings: {listed}. Resume with the "
                           f"saved settings, or train into another output_dir{hint}")

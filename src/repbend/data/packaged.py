@@ -414,14 +414,6 @@ def _check(build: BuildConfig) -> None:
     both = set(build.train_harmful) & set(build.heldout_harmful)
     if both:
         raise ConfigError(f"{', '.join(sorted(both))} cannot be both a training and a held-out source")
-    for key in ("heldout_benign_fraction", "dev_fraction"):
-        value = getattr(build, key)
-        if not 0 < value < 1:
-            raise ConfigError(f"build.{key} must be in (0, 1), got {value}")
-    if build.near_duplicate_cosine is not None and not 0 < build.near_duplicate_cosine <= 1:
-        raise ConfigError(f"build.near_duplicate_cosine must be in (0, 1] or null, got {build.near_duplicate_cosine}")
-    if build.max_new_tokens < 1 or build.batch_size < 1 or build.temperature <= 0:
-        raise ConfigError("build.max_new_tokens and build.batch_size must be >= 1, build.temperature > 0")
     for name in [*build.train_harmful, *build.heldout_harmful, *(build.benign or DEFAULT_BENIGN), *build.everyday,
                  *build.over_refusal, *build.exclude]:
         _require_known(name)
