@@ -5,9 +5,10 @@ Keep this file small and additive: several test modules rely on it.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from contextlib import contextmanager
-from http.server import HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
@@ -65,6 +66,21 @@ def tiny_model_folder(tiny_llama, byte_tok, tmp_path):
     tiny_llama.save_pretrained(folder)
     byte_tok.save_pretrained(folder)
     return folder
+
+
+class QuietJSONHandler(BaseHTTPRequestHandler):
+    """A stand-in server's request handler: answers JSON, logs nothing."""
+
+    def reply_json(self, payload, status: int = 200) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
 
 
 @contextmanager

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import sys
 import types
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from repbend.eval.types import AttackedPrompt, BehaviorRow
 from repbend.generate import EndpointBackend, GenerationCache, GenerationError, GenerationSettings, HFBackend, generate
-from conftest import local_server
+from conftest import QuietJSONHandler, local_server
 
 QUESTIONS = ["hi", "what is the colour of the sky on a clear day?", "name a fruit", "count to five please, slowly"]
 
@@ -113,7 +112,7 @@ def test_cache_survives_a_line_cut_by_a_kill(backend, tmp_path):
     assert generated == 0
 
 
-class ChatHandler(BaseHTTPRequestHandler):
+class ChatHandler(QuietJSONHandler):
     replies: list = []
     bodies: list = []
 
@@ -121,13 +120,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).bodies.append(body)
         status, payload = type(self).replies.pop(0) if type(self).replies else (200, {"choices": [{"message": {"content": "ok"}}]})
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(json.dumps(payload).encode())
-
-    def log_message(self, *args):
-        pass
+        self.reply_json(payload, status)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -15,12 +14,12 @@ from repbend.eval.judges import JudgeError, JudgeInput, build_judge
 from repbend.eval.run import make_backend
 from repbend.eval.types import AttackedPrompt, BehaviorRow
 from repbend.generate import EndpointBackend, GenerationError, GenerationSettings
-from conftest import local_server
+from conftest import QuietJSONHandler, local_server
 
 OK = {"choices": [{"message": {"content": "No"}}]}
 
 
-class Scripted(BaseHTTPRequestHandler):
+class Scripted(QuietJSONHandler):
     """Answers request n with ``script[n]``: a JSON payload (HTTP 200), "drop" (close the
     connection without a reply) or "reset" (abort it with a TCP RST); then OK."""
 
@@ -37,15 +36,7 @@ class Scripted(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             return
-        data = json.dumps(action).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply_json(action)
 
 
 @pytest.fixture
