@@ -35,7 +35,7 @@ from repbend.generate import GenerationSettings, HFBackend
 
 def copy_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -> float:
     """Bytes per second moved by a tensor copy (each byte read once, written once): the
-    best of ``repeats`` copies with one thread (as CPU decoding runs) and with all."""
+    best of ``repeats`` copies with one thread and with all."""
     source = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
     best, threads = float("inf"), torch.get_num_threads()
@@ -54,8 +54,6 @@ def copy_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -> 
 def matmul_flops(device: torch.device, dtype: torch.dtype, rows: int = 16, repeats: int = 200) -> float:
     """FLOP/s of a decoding-shaped matmul (``rows`` x 576 by 576 x 1536, the 135M model's
     MLP) at the decoding thread count: past the bandwidth bound, a batch is compute-bound."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if device.type == "cpu" else threads)
     x = torch.randn(rows, 576, dtype=dtype, device=device)
     weight = torch.randn(1536, 576, dtype=dtype, device=device)
     torch.nn.functional.linear(x, weight)
@@ -64,7 +62,6 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, rows: int = 16, repea
     for _ in range(repeats):
         torch.nn.functional.linear(x, weight)
     synchronize(device)
-    torch.set_num_threads(threads)
     return 2 * rows * 576 * 1536 * repeats / (time.perf_counter() - started)
 
 
@@ -114,7 +111,7 @@ def main() -> None:
         "model": args.model,
         "device": str(device),
         "dtype": str(next(backend.model.parameters()).dtype).removeprefix("torch."),
-        "decoding_threads": 1 if device.type == "cpu" else None,
+        "decoding_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "max_new_tokens": args.max_new_tokens,
         "weight_bytes": weight_bytes,
         "bandwidth_gb_s": round(bandwidth / 1e9, 2),

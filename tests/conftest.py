@@ -98,6 +98,7 @@ def local_server(handler):
 
 # A small data build for the tiny model (tests of `repbend data` and `repbend run`).
 SMALL = ["build.max_train_harmful=6", "build.max_heldout_harmful=10", "build.max_benign=20", "build.max_everyday=10",
+         "build.max_retain_instructions=10",
          "build.max_new_tokens=8", "build.judge=keywords"]
 
 

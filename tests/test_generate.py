@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 
@@ -263,11 +264,32 @@ def test_adapter_identity_is_its_weights_not_its_path(tiny_model_folder, tiny_ll
     assert seen[0] != seen[1] and HFBackend.load(config).identity not in seen
 
 
+def test_a_token_budget_halves_long_batches_without_changing_answers(backend):
+    shapes = []
+    model_generate = backend.model.generate
+
+    def recording(**inputs):
+        shapes.append(tuple(inputs["input_ids"].shape))
+        return model_generate(**inputs)
+
+    backend.model.generate = recording
+    unlimited = backend.generate(prompts(), GenerationSettings(max_new_tokens=8, batch_size=4))
+    assert len(shapes) == 1
+    rows, longest = shapes.pop()
+    budget = rows * longest - 1
+    budgeted = backend.generate(prompts(), GenerationSettings(max_new_tokens=8, batch_size=4, max_batch_tokens=budget))
+    assert budgeted == unlimited
+    assert len(shapes) > 1 and all(r * n <= budget or r == 1 for r, n in shapes)
+
+
 def test_cache_key_holds_the_sampling_settings():
     (prompt,) = prompts(["a"])
     base = GenerationSettings()
     key = GenerationCache.key("id", prompt, base)
-    assert GenerationCache.key("id", prompt, GenerationSettings(batch_size=32)) == key  # batching: same answers
+    for batching in (dict(batch_size=32), dict(max_batch_tokens=64)):  # greedy answers do not depend on it
+        assert GenerationCache.key("id", prompt, GenerationSettings(**batching)) == key
+        sampled = GenerationSettings(do_sample=True)  # seeded per batch: they do
+        assert GenerationCache.key("id", prompt, replace(sampled, **batching)) != GenerationCache.key("id", prompt, sampled)
     for change in (dict(max_new_tokens=7), dict(do_sample=True), dict(temperature=0.5), dict(top_p=0.9), dict(seed=1)):
         assert GenerationCache.key("id", prompt, GenerationSettings(**change)) != key, change
     assert GenerationCache.key("other", prompt, base) != key

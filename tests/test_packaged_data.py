@@ -80,10 +80,17 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
     assert manifest["judge"] == "keywords" and manifest["seed"] == 0
     assert manifest["build"]["benign"] == list(packaged.DEFAULT_BENIGN)
     assert manifest["sources"]["unsafe_unsafe"]["model"] > 0
-    # Retain: the chats of forgelm training prompts, the Turkish chats (never prompts), P_s.
+    # Retain: the chats of forgelm training prompts, the Turkish chats (never prompts), P_s,
+    # and the model's answers to broad instructions (IFEval's, no evaluated source's).
     turkish = sum(row.category == "medical-qa-tr" for row, _ in packaged._forgelm_chats())
     chats = manifest["sources"]["train_benign"].get("forgelm_chat_pkg", 0) + turkish
-    assert manifest["sources"][RETAIN] == {"forgelm_chat_pkg": chats, "model": result.counts[SAFE]}
+    retain = manifest["sources"][RETAIN]
+    assert {k: retain[k] for k in ("forgelm_chat_pkg", "model")} == {"forgelm_chat_pkg": chats, "model": result.counts[SAFE]}
+    instructions = [r for r in read_jsonl(folder / "train.jsonl") if r["response_from"] == "model (instructions)"]
+    assert len(instructions) == retain["model (instructions)"] > 0
+    assert all(r["label"] == RETAIN and r["source"].startswith("instructions_pkg/") for r in instructions)
+    assert retain["model (instructions)"] + sum(v for k, v in manifest["filtered"].items()
+                                                if k.startswith("retain instructions")) == 10
 
     sets = {(split, name): load_benchmark("generic", path=folder / f"{split}_{name}.jsonl")
             for split in ("dev", "test") for name in packaged.EVAL_SETS}

@@ -33,6 +33,13 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 8
+    # hf backend: a batch whose rows x longest prompt (tokens) exceeds this is halved, so
+    # a few long prompts (jailbreak templates) do not set the memory peak (None: no limit).
+    max_batch_tokens: int | None = None
+
+
+# How prompts are grouped into batches.
+BATCHING = ("batch_size", "max_batch_tokens")
 
 
 class GenerationError(RepbendError):
@@ -188,6 +195,10 @@ class HFBackend:
             batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             tokenizer.padding_side = side
+        rows, longest = batch["input_ids"].shape
+        if settings.max_batch_tokens and rows > 1 and rows * longest > settings.max_batch_tokens:
+            half = rows // 2
+            return self._generate_text(prompts[:half], settings) + self._generate_text(prompts[half:], settings)
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         if settings.do_sample:
@@ -307,7 +318,9 @@ class GenerationCache:
 
     @staticmethod
     def key(identity: str, prompt, settings: GenerationSettings) -> str:
-        settings_key = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+        # Sampling is seeded per batch, so only greedy answers are independent of batching.
+        ignored = () if settings.do_sample else BATCHING
+        settings_key = {k: v for k, v in asdict(settings).items() if k not in ignored}
         blob = json.dumps([identity, request_key(prompt), settings_key], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -9,8 +9,8 @@ from the base model itself.
   (``build.over_refusal``) come from sources no training row is drawn from.
 - Splits share no prompt: exact duplicates (normalised text) and near duplicates (MiniLM
   cosine) of an earlier pool's prompts are dropped, in the order ``build.exclude``,
-  over-refusal, everyday, train harmful, held-out harmful, benign; within every pool that
-  is split later too. Each evaluation set is then split per source into dev (a seeded
+  over-refusal, everyday, train harmful, held-out harmful, benign, retain instructions;
+  within every pool that is split later too. Each evaluation set is then split per source into dev (a seeded
   ``dev_fraction``) and test. Dev is what every choice reads (defaults, sweeps,
   ``repbend tune``); test is read only by the final evaluation.
 - P_uu: the base model's own sampled answers that the judge calls compliant and that are
@@ -20,7 +20,9 @@ from the base model itself.
   each P_us row shares its ``pair_id`` with one P_uu row.
 - P_s: benign training prompts with the model's greedy answer, when neither refusing nor
   degenerate. Retain: the packaged chats (:data:`CONVERSATIONS`) of those prompts and of
-  chats whose prompt is not in the pool, and every P_s pair as a two-message conversation.
+  chats whose prompt is not in the pool, every P_s pair as a two-message conversation,
+  and broad instructions (``build.retain_instructions``) with the model's greedy answer
+  under the same filter.
 
 The output folder holds ``train.jsonl`` (the ``generic`` training layout), one
 ``<split>_<set>.jsonl`` per split and evaluation set (``dev_harmful.jsonl``,
@@ -415,7 +417,7 @@ def _check(build: BuildConfig) -> None:
     if both:
         raise ConfigError(f"{', '.join(sorted(both))} cannot be both a training and a held-out source")
     for name in [*build.train_harmful, *build.heldout_harmful, *(build.benign or DEFAULT_BENIGN), *build.everyday,
-                 *build.over_refusal, *build.exclude]:
+                 *build.over_refusal, *build.retain_instructions, *build.exclude]:
         _require_known(name)
 
 
@@ -486,6 +488,7 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
         "train_harmful": _load_split("train_harmful", build.train_harmful, (HARMFUL,)),
         "heldout_harmful": _load_split("heldout_harmful", build.heldout_harmful, (HARMFUL,)),
         "benign": _load_split("benign", resolved["benign"], (BENIGN, CAPABILITY)),
+        "retain_instructions": _load_split("retain_instructions", build.retain_instructions, (BENIGN,)),
     }
     logger.info("deduplicating %d prompts", sum(map(len, pools.values())))
     # Pools split into dev and test later are deduplicated within themselves too.
@@ -495,6 +498,7 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     train = sample_rows(kept["train_harmful"], build.max_train_harmful, build.seed)
     benign = sample_rows(kept["benign"], build.max_benign, build.seed)
     train_benign, heldout_benign = _hold_out(benign, build.heldout_benign_fraction, build.seed, "heldout_benign")
+    instructions = sample_rows(kept["retain_instructions"], build.max_retain_instructions, build.seed)
     evaluation = {
         "harmful": sample_rows(kept["heldout_harmful"], build.max_heldout_harmful, build.seed),
         "benign": heldout_benign,
@@ -514,6 +518,8 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     logger.info("answering %d benign prompts (greedy)", len(train_benign))
     greedy = GenerationSettings(build.max_new_tokens, False, 1.0, 1.0, build.seed, build.batch_size)
     benign_answers, _ = generate(backend, _prompts(train_benign), greedy, cache, progress)
+    logger.info("answering %d broad instructions for the retain set (greedy)", len(instructions))
+    instruction_answers, _ = generate(backend, _prompts(instructions), greedy, cache, progress)
     del backend
 
     items = [JudgeInput(row.prompt, answer, row.context) for row, answer in zip(train, harmful_answers)]
@@ -523,8 +529,13 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     shipped = _shipped_answers(build.train_harmful)
     for record in _harmful_rows(train, harmful_answers, verdicts, shipped, build.seed, filtered):
         rows[record["label"]].append(record)
-    rows[SAFE] = _safe_rows(train_benign, benign_answers, filtered)
-    rows[RETAIN] = _retain(resolved["benign"], train_benign, rows[SAFE])
+    rows[SAFE] = [{"label": SAFE, "prompt": request_text(row), "response": answer, "source": _origin(row),
+                   "response_from": "model"} for row, answer in _plain_answers(train_benign, benign_answers, SAFE, filtered)]
+    answered = _plain_answers(instructions, instruction_answers, f"{RETAIN} instructions", filtered)
+    rows[RETAIN] = _retain(resolved["benign"], train_benign, rows[SAFE]) + [
+        {"label": RETAIN, "messages": [{"role": "user", "content": request_text(row)},
+                                       {"role": "assistant", "content": answer}],
+         "source": _origin(row), "response_from": "model (instructions)"} for row, answer in answered]
 
     training_records = [record for kind in KINDS for record in rows[kind]]
     texts = {TRAIN_FILE: _jsonl(training_records)}
@@ -563,6 +574,7 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
             "harmful_answers": len(verdicts),
             "compliant_share": sum(v.harmful for v in verdicts) / len(verdicts) if verdicts else None,
             "benign_answers": len(benign_answers),
+            "instruction_answers": len(instruction_answers),
         },
         "files": {name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in texts.items()},
     }
@@ -594,19 +606,20 @@ def _harmful_rows(rows: list[BehaviorRow], answers: list[str], verdicts: list, s
     return records
 
 
-def _safe_rows(rows: list[BehaviorRow], answers: list[str], filtered: Counter) -> list[dict]:
-    """P_s rows: the model's answers that neither refuse nor degenerate."""
-    records = []
+def _plain_answers(rows: list[BehaviorRow], answers: list[str], kind: str,
+                   filtered: Counter) -> list[tuple[BehaviorRow, str]]:
+    """(row, answer) for the model's answers that neither refuse nor degenerate;
+    ``filtered`` counts the others under ``kind``."""
+    kept = []
     for row, answer in zip(rows, answers):
         answer = answer.strip()
         if degeneration(answer):
-            filtered["safe: degenerate"] += 1
+            filtered[f"{kind}: degenerate"] += 1
         elif is_refusal(answer):
-            filtered["safe: refused"] += 1
+            filtered[f"{kind}: refused"] += 1
         else:
-            records.append({"label": SAFE, "prompt": request_text(row), "response": answer,
-                            "source": _origin(row), "response_from": "model"})
-    return records
+            kept.append((row, answer))
+    return kept
 
 
 def _retain(sources: list[str], benign_rows: list[BehaviorRow], safe_rows: list[dict]) -> list[dict]:

