@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 .PHONY: setup run test test-slow
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: pyproject.toml requirements/cpu.txt requirements/embedded.txt
+$(VENV)/.setup-done: pyproject.toml setup.py requirements/cpu.txt requirements/embedded.txt
 	python3 -m venv $(VENV)
 	$(PIP) -r requirements/cpu.txt
 	$(PIP) -c requirements/cpu.txt -e '.[dev]'

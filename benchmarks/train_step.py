@@ -37,7 +37,7 @@ from repbend.data.collate import MicroBatches
 from repbend.methods import Runner
 from repbend.methods.repbend import next_token_targets
 from repbend.methods.terms import token_cross_entropy
-from repbend.train import prepare, resolve_precision
+from repbend.training import prepare, resolve_precision
 
 SHAPES = {  # random-init models at a published shape
     "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=4,

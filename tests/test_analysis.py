@@ -127,7 +127,7 @@ UNSAFE = [f"Placeholder unsafe request number {i}." for i in range(5)]
 
 def tiny_trained_run(folder: Path):
     """The tiny model after two training steps on the shipped sample data."""
-    from repbend.train import train
+    from repbend.training import train
 
     config = load_config(ROOT / "configs" / "tiny-test.yaml", [f"output_dir={folder}", "steps=2", "train.save_every=2"])
     train(config, progress=False)

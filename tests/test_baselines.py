@@ -24,7 +24,7 @@ from repbend.methods.rmu import steering_direction
 from repbend.methods.task_arithmetic import task_arithmetic
 from repbend.methods.terms import dpo_loss, mean_squared_error, npo_loss, rerouting_cosine, sequence_log_probs
 from repbend.models import load_model, load_tokenizer
-from repbend.train import prepare, train
+from repbend.training import prepare, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "compare-tiny.yaml"

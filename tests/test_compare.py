@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repbend import train as train_module
 from repbend.cli import main
 from repbend.compare import compare, method_config, model_scores, pareto_front
 from repbend.config import load_config
 from repbend.data import packaged
 from repbend.errors import ConfigError
+from repbend.eval.results import CapabilityScore
+import repbend.training as train_module
 from conftest import SMALL, bag_of_words
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "compare-tiny.yaml"
@@ -160,7 +162,7 @@ def test_model_scores_means_and_intervals():
     flags = {"a": [1, 1, 0, 0], "b": [1, 0, 0, 0, 0, 0, 0, 0]}
     groups = {("asr", key): (float(np.mean(f)), f) for key, f in flags.items()}
     groups[("compliance", "c")] = (0.75, [1, 1, 1, 0])
-    capability = {"task": {"value": 0.5, "correct": [1.0, 0.0]}}
+    capability = {"task": CapabilityScore(metric="acc", value=0.5, correct=[1.0, 0.0])}
     scores = model_scores(groups, capability, seed=0)
     assert scores["mean_asr"]["value"] == pytest.approx((0.5 + 0.125) / 2)
     assert scores["usability"]["value"] == pytest.approx((0.75 + 0.5) / 2)

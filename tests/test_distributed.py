@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from repbend.config import load_config
-from repbend.train import train
+from repbend.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.yaml"

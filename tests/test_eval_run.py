@@ -10,8 +10,9 @@ from repbend.cli import main
 from repbend.config import load_config
 from repbend.errors import RepbendError
 from repbend.eval.report import load_results, render_markdown
+from repbend.eval.results import EvalResults
 from repbend.eval.run import evaluate
-from repbend.train import train
+from repbend.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [
@@ -49,7 +50,12 @@ def test_eval_writes_results_table_and_resumes(eval_config, capsys):
     out = result.output_dir
     assert out == Path(config.output_dir) / "eval"
     assert result.generated == 2 * 2 * len(ROWS)  # two models, two attacks
-    results = json.loads((out / "results.json").read_text())
+    text = (out / "results.json").read_text()
+    results = json.loads(text)
+    # evaluate returns what results.json holds; the file reads back to the same dict, key for key.
+    assert result.results.to_json() == results
+    assert EvalResults.from_json(results).to_json() == results
+    assert json.dumps(EvalResults.load(out / "results.json").to_json(), indent=2) == text
     assert list(results["models"]) == ["base", "run/adapter"]
     assert results["judge"] == "keywords" and "torch" in results["versions"]
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
@@ -68,7 +74,7 @@ def test_eval_writes_results_table_and_resumes(eval_config, capsys):
         assert main_rate["value"] == pytest.approx(sum(counted) / len(found))
         assert main_rate["low"] <= main_rate["value"] <= main_rate["high"]
     table = (out / "results.md").read_text()
-    assert table == render_markdown(results)
+    assert table == render_markdown(result.results) == render_markdown(EvalResults.from_json(results))
     assert "| generic | prefill | ASR |" in table and "Δ run/adapter" in table
 
     again = evaluate(config, progress=False)
@@ -77,7 +83,7 @@ def test_eval_writes_results_table_and_resumes(eval_config, capsys):
 
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out.strip() == table.strip()
-    assert load_results([out])["models"] == results["models"]
+    assert load_results([out]).models == result.results.models
 
 
 def test_judge_failure_is_an_error_and_keeps_generations(eval_config, monkeypatch):
@@ -108,7 +114,9 @@ def test_capability_scores_carry_intervals_into_the_table(eval_config):
     config = eval_config("eval.adapters=[]", "eval.benchmarks=[]", "eval.capability_tasks=[repbend_facts150]",
                          "eval.capability_limit=6")
     results = evaluate(config, progress=False).results
-    score = results["capability"]["base"]["repbend_facts150"]
-    assert score["n"] == 6 and score["low"] <= score["value"] <= score["high"]
-    assert results["summary"]["base"]["capability"] == score["value"]
+    score = results.capability_score("base", "repbend_facts150")
+    assert score.n == 6 and score.low <= score.value <= score.high
+    assert results.summary["base"].capability == score.value
     assert "| repbend_facts150 |" in render_markdown(results)
+    saved = json.loads((Path(config.output_dir) / "eval" / "results.json").read_text())
+    assert EvalResults.from_json(saved) == results and results.to_json() == saved

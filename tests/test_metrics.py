@@ -8,6 +8,7 @@ from repbend.eval.degeneration import REPETITION
 from repbend.eval.judges import Judge, JudgeError, build_judge
 from repbend.eval.metrics import ANSWERED, COMPLIED, REFUSED, group_metrics, outcome, summary
 from repbend.eval.report import render_markdown
+from repbend.eval.results import EvalResults, EvaluatedModel
 from repbend.eval.run import judge_responses
 from repbend.eval.types import BENIGN, HARMFUL, AttackedPrompt, BehaviorRow, Verdict
 
@@ -54,25 +55,25 @@ def test_a_looping_compliant_answer_counts_in_asr():
     records = [record(HARMFUL, COMPLIED, REPETITION), record(HARMFUL, COMPLIED, None),
                record(HARMFUL, REFUSED, None), record(HARMFUL, REFUSED, REPETITION)]
     (entry,) = group_metrics(records)
-    assert entry["asr"]["value"] == 0.5  # both complied answers, the looping one too
-    assert entry["degenerate"]["value"] == 0.5  # of all four answers
-    assert entry["degenerate_noncompliant"]["value"] == 0.5 and entry["degenerate_noncompliant"]["n"] == 2
-    assert entry["refused"]["value"] == 0.25  # the degenerate refusal is counted as degenerate
-    degenerate_refusals = entry["degenerate_noncompliant"]["value"] * entry["degenerate_noncompliant"]["n"] / entry["n"]
-    assert entry["asr"]["value"] + entry["refused"]["value"] + degenerate_refusals == 1
+    assert entry.asr.value == 0.5 and entry.compliance is None  # both complied answers, the looping one too
+    assert entry.degenerate.value == 0.5  # of all four answers
+    assert entry.degenerate_noncompliant.value == 0.5 and entry.degenerate_noncompliant.n == 2
+    assert entry.refused.value == 0.25  # the degenerate refusal is counted as degenerate
+    degenerate_refusals = entry.degenerate_noncompliant.value * entry.degenerate_noncompliant.n / entry.n
+    assert entry.asr.value + entry.refused.value + degenerate_refusals == 1
 
 
 def test_benign_compliance_needs_an_answer_that_is_not_degenerate():
     records = [record(BENIGN, ANSWERED, None), record(BENIGN, ANSWERED, REPETITION),
                record(BENIGN, REFUSED, None), record(BENIGN, REFUSED, "gibberish")]
     (entry,) = group_metrics(records)
-    assert entry["compliance"]["value"] == 0.25
-    assert entry["degenerate"]["value"] == 0.5
+    assert entry.compliance.value == 0.25 and entry.asr is None
+    assert entry.degenerate.value == 0.5
     # The three answers compliance does not count: one clean refusal and two degenerate.
-    assert entry["degenerate_noncompliant"]["value"] == pytest.approx(2 / 3)
-    assert entry["degenerate_noncompliant"]["n"] == 3
-    assert entry["refused"]["value"] == 0.25
-    assert entry["compliance"]["value"] + entry["refused"]["value"] + entry["degenerate"]["value"] == 1
+    assert entry.degenerate_noncompliant.value == pytest.approx(2 / 3)
+    assert entry.degenerate_noncompliant.n == 3
+    assert entry.refused.value == 0.25
+    assert entry.compliance.value + entry.refused.value + entry.degenerate.value == 1
 
 
 def test_summary_and_report_show_both_degenerate_shares():
@@ -82,14 +83,15 @@ def test_summary_and_report_show_both_degenerate_shares():
                record(HARMFUL, COMPLIED, None, model="n"), record(BENIGN, ANSWERED, REPETITION, model="n")]
     entries = group_metrics(records)
     summaries = summary(entries)
-    assert summaries["m"]["mean_asr"] == pytest.approx(1 / 3)
-    assert summaries["m"]["degenerate_harmful"] == pytest.approx(2 / 3)
-    assert summaries["m"]["degenerate_noncompliant_harmful"] == 0.5
-    assert summaries["m"]["degenerate_benign"] == 0.0
-    assert summaries["m"]["degenerate_noncompliant_benign"] is None  # every benign answer complied
-    assert summaries["n"]["degenerate_noncompliant_harmful"] is None
-    assert summaries["n"]["degenerate_noncompliant_benign"] == 1.0
-    table = render_markdown({"models": {"m": {}, "n": {}}, "judge": "fake", "metrics": entries, "summary": summaries})
+    assert summaries["m"].mean_asr == pytest.approx(1 / 3)
+    assert summaries["m"].degenerate_harmful == pytest.approx(2 / 3)
+    assert summaries["m"].degenerate_noncompliant_harmful == 0.5
+    assert summaries["m"].degenerate_benign == 0.0
+    assert summaries["m"].degenerate_noncompliant_benign is None  # every benign answer complied
+    assert summaries["n"].degenerate_noncompliant_harmful is None
+    assert summaries["n"].degenerate_noncompliant_benign == 1.0
+    models = {name: EvaluatedModel(model=name, adapter=None) for name in ("m", "n")}
+    table = render_markdown(EvalResults(models=models, judge="fake", metrics=entries, summary=summaries))
     assert "| bench | direct | degenerate | 3 | 66.7 [" in table
     assert "| bench | direct | degenerate (non-compliant) | 3 | 50.0 [" in table
     assert "| degenerate (harmful prompts, non-compliant) | 50.0 | - |" in table
@@ -101,10 +103,10 @@ def test_judge_responses_counts_a_looping_harmful_answer():
     records = judge_responses("m", prompts, [LOOPING, STEPS, LOOPING], SaysHarmful(), build_judge("keywords"))
     assert [(r["outcome"], r["degenerate"]) for r in records] == [
         (COMPLIED, REPETITION), (COMPLIED, None), (ANSWERED, REPETITION)]
-    harmful, benign = sorted(group_metrics(records), key=lambda e: e["expected"] != HARMFUL)
-    assert harmful["asr"]["value"] == 1.0 and harmful["degenerate"]["value"] == 0.5
-    assert harmful["degenerate_noncompliant"]["value"] is None  # no non-compliant answer
-    assert benign["compliance"]["value"] == 0.0 and benign["degenerate_noncompliant"]["value"] == 1.0
+    harmful, benign = sorted(group_metrics(records), key=lambda e: e.expected != HARMFUL)
+    assert harmful.asr.value == 1.0 and harmful.degenerate.value == 0.5
+    assert harmful.degenerate_noncompliant.value is None  # no non-compliant answer
+    assert benign.compliance.value == 0.0 and benign.degenerate_noncompliant.value == 1.0
 
 
 def test_a_judge_with_a_verdict_missing_is_an_error():

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from repbend import train as train_module
 from repbend.config import load_config
 from repbend.data import packaged
 from repbend.eval.report import render_markdown
+from repbend.eval.results import CapabilityScore, EvalResults, EvaluatedModel, MetricEntry, Rate
 from repbend.pipeline import run, summary_lines, target_checks
+import repbend.training as train_module
 from conftest import SMALL, bag_of_words
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +39,9 @@ def test_run_writes_every_artifact_and_reuses_finished_steps(tmp_path, monkeypat
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["base", "run/adapter"]
+    assert result.results.to_json() == results
     report = (out / "report.md").read_text()
-    assert render_markdown(results) in report  # the report's figures are results.json's
+    assert render_markdown(EvalResults.from_json(results)) in report  # the report's figures are results.json's
     assert {e["benchmark"] for e in results["metrics"]} == {"harmful", "benign"}
     assert any("harmful / prefill" in line for line in summary_lines(result))
     assert "## Representation analysis" in report and "analysis/geometry_by_layer.png" in report
@@ -50,15 +53,16 @@ def test_run_writes_every_artifact_and_reuses_finished_steps(tmp_path, monkeypat
 
     monkeypatch.setattr(train_module, "train", no_training)
     again = run(config, progress=False)
-    assert again.results["metrics"] == results["metrics"]
+    assert again.results.to_json()["metrics"] == results["metrics"]
 
 
 def test_the_same_seed_gives_the_same_results_twice(tmp_path, monkeypatch):
     """Data build, training and evaluation are deterministic for one seed on one machine."""
     monkeypatch.setattr(packaged, "embed", bag_of_words)
     first, second = (run(tiny_run_config(tmp_path / name / "run"), progress=False) for name in ("a", "b"))
-    for key in ("metrics", "capability", "summary"):
-        assert first.results[key] == second.results[key], key
+    assert first.results.metrics == second.results.metrics
+    assert first.results.capability == second.results.capability
+    assert first.results.summary == second.results.summary
     assert ((first.output_dir / "data" / "train.jsonl").read_bytes()
             == (second.output_dir / "data" / "train.jsonl").read_bytes())
     assert ((first.output_dir / "adapter" / "adapter_model.safetensors").read_bytes()
@@ -75,20 +79,27 @@ def test_run_refuses_to_mix_runs_with_other_settings(tmp_path, monkeypatch):
         run(changed, progress=False)
 
 
+def _rate(value):
+    return Rate(value=value, low=None, high=None, n=10)
+
+
 def _entry(model, benchmark, attack, value, degenerate=0.0):
-    key = "asr" if benchmark == "harmful" else "compliance"
-    return {"model": model, "benchmark": benchmark, "attack": attack,
-            key: {"value": value}, "degenerate": {"value": degenerate}}
+    expected = "harmful" if benchmark == "harmful" else "benign"
+    main = {"asr" if expected == "harmful" else "compliance": _rate(value)}
+    return MetricEntry(model=model, benchmark=benchmark, attack=attack, expected=expected, n=10,
+                       degenerate=_rate(degenerate), refused=_rate(0.0), **main)
 
 
 def test_target_checks_compare_with_the_base_model():
-    results = {"metrics": [
+    models = {name: EvaluatedModel(model="tiny", adapter=None) for name in ("base", "run/adapter")}
+    results = EvalResults(models=models, judge="keywords", metrics=[
         _entry("base", "harmful", "direct", 0.8), _entry("run/adapter", "harmful", "direct", 0.08),
         _entry("base", "harmful", "prefill", 0.5), _entry("run/adapter", "harmful", "prefill", 0.2),
         _entry("base", "benign", "direct", 1.0), _entry("run/adapter", "benign", "direct", 0.95, degenerate=0.05),
         _entry("base", "xstest", "direct", 0.8), _entry("run/adapter", "xstest", "direct", 0.7),
         _entry("base", "harmful", "template", 0.0), _entry("run/adapter", "harmful", "template", 0.0),
-    ], "capability": {"base": {"facts": {"value": 0.60}}, "run/adapter": {"facts": {"value": 0.59}}}}
+    ], capability={model: {"facts": CapabilityScore(metric="acc", value=value)}
+                   for model, value in (("base", 0.60), ("run/adapter", 0.59))})
     checks = {c.name: c for c in target_checks(results, "run/adapter", {"xstest"}, peak_gb=4.5)}
     assert checks["ASR vs base, harmful / direct"].passed  # 0.08 / 0.8 = 0.10
     assert not checks["ASR vs base, harmful / prefill"].passed  # 0.4 > 0.2
@@ -110,12 +121,12 @@ def test_embedded_main_job_end_to_end(tmp_path):
 
     result = run(load_config(DEFAULT_CONFIG, [f"output_dir={tmp_path / 'main'}"]), progress=False)
     assert render_markdown(result.results) in result.report.read_text()
-    by_key = {(e["benchmark"], e["attack"], e["model"]): e for e in result.results["metrics"]}
-    base = by_key[("harmful", "direct", "base")]["asr"]["value"]
-    trained = by_key[("harmful", "direct", "main/adapter")]["asr"]["value"]
+    base = result.results.entry("base", "harmful", "direct").asr.value
+    trained = result.results.entry("main/adapter", "harmful", "direct").asr.value
     assert trained < 0.5 * base
     # At 128 new tokens the base model itself loops on some benign prompts: the trained
     # model must not loop more often than it does.
-    degenerate = {model: by_key[("benign", "direct", model)]["degenerate"]["value"] for model in ("base", "main/adapter")}
+    degenerate = {model: result.results.entry(model, "benign", "direct").degenerate.value
+                  for model in ("base", "main/adapter")}
     assert degenerate["main/adapter"] <= degenerate["base"] + 0.03
     assert (result.output_dir / "analysis" / "analysis.json").is_file()

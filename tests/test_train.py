@@ -12,14 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from repbend import train as train_module
 from repbend.checkpoint import CheckpointError, rng_state, set_rng_state
 from repbend.config import load_config
 from repbend.errors import ConfigError, DataError, RepbendError, TrainingDiverged
 from repbend.methods import TrainingModule
 from repbend.models import load_model, load_tokenizer
-from repbend.train import JumpGuard, prepare, train
+from repbend.training import JumpGuard, prepare, train
 from repbend.data.collate import MicroBatches
+import repbend.training as train_module
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.yaml"

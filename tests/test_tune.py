@@ -9,14 +9,15 @@ import pytest
 import torch
 import yaml
 
-from repbend import train as train_module
 from repbend.config import load_config, to_dict
 from repbend.data import packaged
 from repbend.errors import ConfigError
 from repbend.eval import run as eval_run
 from repbend.eval.benchmarks import load_benchmark, normalise_text
 from repbend.tune import parse_space, tune
+import repbend.training as train_module
 from conftest import bag_of_words
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tune-tiny.yaml"

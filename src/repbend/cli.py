@@ -10,7 +10,10 @@ import time
 
 from . import __version__
 from .errors import RepbendError
+from .resources import shipped_path
 
+CONFIG_HELP = ("YAML config file, or a shipped config by name when no such file is here "
+               "(tiny-test, smollm2-cpu, recipe, ...: see configs/)")
 OVERRIDES_HELP = "key=value overrides, e.g. train.lr=1e-4 output_dir=runs/x (dotted keys; values read as YAML)"
 
 
@@ -18,7 +21,7 @@ def _train(args) -> int:
     from accelerate import PartialState
 
     from .config import load_config
-    from .train import train
+    from .training import train
 
     config = load_config(args.config, args.overrides)  # a bad config fails before any launch
     if args.num_processes or args.accelerate_config:
@@ -51,7 +54,9 @@ def _launch(args) -> int:
     if args.num_processes:
         launch += ["--num_processes", str(args.num_processes)]
     if args.accelerate_config:
-        launch += ["--config_file", args.accelerate_config]
+        # configs/accelerate/... names the shipped file from any folder, as CONFIG does.
+        shipped = None if os.path.exists(args.accelerate_config) else shipped_path(args.accelerate_config)
+        launch += ["--config_file", str(shipped or args.accelerate_config)]
     elif (args.num_processes or 1) > 1:
         # accelerate's torchrun launcher: DDP over NCCL, or gloo where there is no GPU
         # (its --cpu launcher needs MPI for several processes).
@@ -149,9 +154,9 @@ def config_command(commands, name: str, handler, help: str, description: str, co
     """A subcommand that reads CONFIG plus key=value overrides."""
     command = commands.add_parser(name, help=help, description=description)
     if config_optional:
-        command.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+        command.add_argument("config", nargs="?", help=CONFIG_HELP)
     else:
-        command.add_argument("config", help="YAML config file (see configs/)")
+        command.add_argument("config", help=CONFIG_HELP)
     command.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     command.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     command.set_defaults(handler=handler)

@@ -28,12 +28,13 @@ from .config import Config, LossConfig, apply_overrides, from_dict, to_dict
 from .errors import ConfigError
 from .eval.metrics import counted
 from .eval.report import percent
+from .eval.results import EvalResults
 from .eval.stats import non_dominated
 from .eval.types import BENIGN, HARMFUL
+from .resources import ROOT
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
 OVERLAY_SECTIONS = ("loss", "lora", "train")
 BUDGET = ("steps", "micro_batch", "grad_accum", "seed")  # train settings every method shares
 TASK_ARITHMETIC = "task_arithmetic"  # a weight merge of two runs, not a loss
@@ -146,12 +147,12 @@ def _mean(values: list):
 def model_scores(groups: dict, capability: dict, seed: int) -> dict:
     """The Table 2 figures of one model. ``groups``: (family, key) -> (value, 0/1 flags)
     with family asr, compliance, degenerate_harmful or degenerate_benign; ``capability``:
-    task -> score. Means are over groups (as the summary of results.json takes them);
+    task -> :class:`~repbend.eval.results.CapabilityScore`. Means are over groups (as the summary of results.json takes them);
     their intervals resample every group's prompts at once, so one draw gives every mean."""
     values = {key: value for key, (value, _) in groups.items()}
-    values.update({("capability", task): score["value"] for task, score in capability.items()})
+    values.update({("capability", task): score.value for task, score in capability.items()})
     flags = {key: np.asarray(f, dtype=float) for key, (_, f) in groups.items()}
-    flags.update({("capability", task): np.asarray(score.get("correct") or [], dtype=float)
+    flags.update({("capability", task): np.asarray(score.correct or [], dtype=float)
                   for task, score in capability.items()})
 
     def means(group_values: dict) -> dict:
@@ -179,43 +180,43 @@ def model_scores(groups: dict, capability: dict, seed: int) -> dict:
     return {name: interval(value, [draw[name] for draw in draws]) for name, value in point.items()}
 
 
-def comparison(results: dict, records: list, names: dict, seed: int = 0) -> dict:
+def comparison(results: EvalResults, records: list, names: dict, seed: int = 0) -> dict:
     """compare.json's figures from an evaluation's results and generation records;
     ``names`` maps evaluation labels (e.g. ``npo/adapter``) to method names."""
-    labels = list(results["models"])
+    labels = list(results.models)
     models = [names.get(label, label) for label in labels]
     grouped: dict = {}
     for record in records:
         group = (record["model"], record["benchmark"], record["attack"], record["expected"])
         grouped.setdefault(group, []).append(record)
-    harmful = sorted({f"{e['benchmark']} / {e['attack']}" for e in results["metrics"] if "asr" in e})
-    benign = sorted({f"{e['benchmark']} / {e['attack']}" for e in results["metrics"] if "compliance" in e})
-    tasks = sorted({task for scores in (results.get("capability") or {}).values() for task in scores})
+    harmful = sorted({f"{benchmark} / {attack}" for benchmark, attack in results.pairs(HARMFUL)})
+    benign = sorted({f"{benchmark} / {attack}" for benchmark, attack in results.pairs(BENIGN)})
+    tasks = results.capability_tasks()
     scores = {}
     for label, model in zip(labels, models):
         groups, asr, compliance = {}, {}, {}
-        for entry in results["metrics"]:
-            if entry["model"] != label or entry["expected"] not in (HARMFUL, BENIGN):
+        for entry in results.metrics:
+            if entry.model != label or entry.expected not in (HARMFUL, BENIGN):
                 continue
-            key = f"{entry['benchmark']} / {entry['attack']}"
-            found = grouped[(label, entry["benchmark"], entry["attack"], entry["expected"])]
-            main, table = ("asr", asr) if entry["expected"] == HARMFUL else ("compliance", compliance)
-            table[key] = entry[main]
-            groups[(main, key)] = (entry[main]["value"], [counted(r) for r in found])
-            groups[("degenerate_" + entry["expected"], key)] = (entry["degenerate"]["value"],
-                                                                [bool(r["degenerate"]) for r in found])
-        capability = (results.get("capability") or {}).get(label, {})
+            key = f"{entry.benchmark} / {entry.attack}"
+            found = grouped[(label, entry.benchmark, entry.attack, entry.expected)]
+            main, table = ("asr", asr) if entry.expected == HARMFUL else ("compliance", compliance)
+            table[key] = entry.main.to_json()
+            groups[(main, key)] = (entry.main.value, [counted(r) for r in found])
+            groups[("degenerate_" + entry.expected, key)] = (entry.degenerate.value,
+                                                             [bool(r["degenerate"]) for r in found])
+        capability = results.capability.get(label, {})
         scores[model] = {
             "asr": asr,
             "compliance": compliance,
-            "capability_tasks": {task: {k: score.get(k) for k in ("value", "low", "high", "metric")}
-                                 for task, score in capability.items()},
+            "capability_tasks": {task: {"value": score.value, "low": score.low, "high": score.high,
+                                        "metric": score.metric} for task, score in capability.items()},
             **model_scores(groups, capability, seed),
         }
     return {
         "models": models,
         "labels": dict(zip(models, labels)),
-        "judge": results["judge"],
+        "judge": results.judge,
         "units": "fractions of 1 (compare.md shows percent); intervals: 95 % bootstrap",
         "harmful": harmful,
         "benign": benign,

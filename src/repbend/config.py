@@ -19,6 +19,7 @@ import yaml
 
 from .atomic import write_text
 from .errors import ConfigError
+from .resources import find_config, shipped_path
 
 
 @dataclass
@@ -201,6 +202,9 @@ class EvalConfig:
     endpoint_key_env: Optional[str] = "OPENAI_API_KEY"
     max_new_tokens: int = 512
     batch_size: int = 8
+    # hf backend: batches whose rows x longest prompt exceed this many tokens are halved
+    # (long jailbreak templates set the memory peak otherwise); None: no limit.
+    max_batch_tokens: Optional[int] = None
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -235,6 +239,11 @@ class BuildConfig:
     everyday: list = field(default_factory=lambda: ["everyday_pkg"])
     # Benign prompts that sound harmful (over-refusal), never trained on.
     over_refusal: list = field(default_factory=lambda: ["xstest_like_pkg"])
+    # Broad instructions answered by the base model for the retain set only (never P_s,
+    # never evaluated): keeps its answers to everyday requests where they were, beyond
+    # the benign pool's topics.
+    retain_instructions: list = field(default_factory=lambda: ["instructions_pkg"])
+    max_retain_instructions: Optional[int] = 120
     # Sets evaluated elsewhere: no split may hold their prompts or near duplicates.
     exclude: list = field(default_factory=list)
     max_train_harmful: Optional[int] = 300
@@ -312,7 +321,7 @@ class CompareConfig:
         "repbend", "circuit_breaker", "rmu", "npo", "refusal_sft", "dpo", "task_arithmetic"])
     # Folder of <method>.yaml overlays (loss, lora and train sections) applied on top of
     # this config for each method; relative paths that do not exist here are taken from
-    # the repository root.
+    # the repository root (an installed wheel: its packaged copy, repbend.resources.ROOT).
     method_dir: str = "configs/methods"
     # method -> list of key=value overrides applied after its overlay.
     overrides: dict = field(default_factory=dict)
@@ -458,7 +467,7 @@ _RULES = {
                     "precision": _one_of("auto", "fp32", "bf16", "fp16"), "save_every": _at_least(1),
                     "keep_checkpoints": _at_least(0), "log_every": _at_least(1), "max_unsafe_distance": _above(0),
                     "divergence_factor": _above(1), "divergence_window": _at_least(1), "num_threads": _at_least(1)},
-    "EvalConfig": {"max_new_tokens": _at_least(1), "batch_size": _at_least(1)},
+    "EvalConfig": {"max_new_tokens": _at_least(1), "batch_size": _at_least(1), "max_batch_tokens": _at_least(1)},
     "BuildConfig": {"dev_fraction": _interval(0, 1, "()"), "heldout_benign_fraction": _interval(0, 1, "()"),
                     "near_duplicate_cosine": _interval(0, 1, "(]"), "max_new_tokens": _at_least(1),
                     "batch_size": _at_least(1), "temperature": _above(0)},
@@ -532,10 +541,14 @@ def apply_overrides(data: dict, overrides: list) -> dict:
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple | list = ()) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``path`` is a file, or a shipped config by name (``tiny-test``, ``smollm2-cpu.yaml``)
+    or by its path in the repository (``configs/recipe.yaml``) when no such file is here;
+    see :func:`repbend.resources.find_config`."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
+        path = find_config(path)
         data = _read_with_includes(path, ())
     data = apply_overrides(data, list(overrides))
     try:
@@ -578,15 +591,19 @@ def _merged(base: dict, top: dict) -> dict:
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
-    """Relative data-source paths in a config file are relative to the repository root
-    when they exist there, else to the config file's folder."""
+    """Relative data-source paths in a config file are relative to the working folder
+    when they exist there, else to the config file's folder, else to the shipped files'
+    root (``examples/data/...``: the repository, or the installed package's copy)."""
     for source in (data.get("data") or {}).get("sources") or []:
         if isinstance(source, dict) and source.get("path"):
             candidate = Path(source["path"])
             if not candidate.is_absolute() and not candidate.exists():
                 beside = base / candidate
+                shipped = shipped_path(candidate)
                 if beside.exists():
                     source["path"] = str(beside)
+                elif shipped is not None:
+                    source["path"] = str(shipped)
     return data
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .eval.results import EvalResults
+from .eval.types import HARMFUL
+
 
 def _pyplot():
     import matplotlib
@@ -37,29 +40,29 @@ def training_curves(metrics_path: Path, png: Path) -> Path:
     return png
 
 
-def rates_by_attack(results: dict, png: Path, key: str = "asr") -> Path:
-    """Grouped bars: one group per (benchmark, attack), one bar per model, with the
-    95 % interval as error bars."""
-    entries = [e for e in results["metrics"] if key in e]
-    models = list(results["models"])
-    groups = sorted({(e["benchmark"], e["attack"]) for e in entries})
+def rates_by_attack(results: EvalResults, png: Path, expected: str = HARMFUL) -> Path:
+    """Grouped bars of the rows expecting ``expected`` (ASR of harmful rows, compliance of
+    benign ones): one group per (benchmark, attack), one bar per model, with the 95 %
+    interval as error bars."""
+    models = list(results.models)
+    groups = results.pairs(expected)
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(groups) * max(1, len(models)) / 2), 3.6))
     width = 0.8 / max(1, len(models))
-    by_key = {(e["model"], e["benchmark"], e["attack"]): e[key] for e in entries}
     for index, model in enumerate(models):
         values, lows, highs = [], [], []
         for group in groups:
-            rate = by_key.get((model, *group)) or {}
-            value = rate.get("value") or 0.0
+            entry = results.entry(model, *group, expected)
+            rate = entry.main if entry else None
+            value = (rate.value if rate else None) or 0.0
             values.append(100 * value)
-            lows.append(100 * (value - (rate.get("low") if rate.get("low") is not None else value)))
-            highs.append(100 * ((rate.get("high") if rate.get("high") is not None else value) - value))
+            lows.append(100 * (value - (rate.low if rate and rate.low is not None else value)))
+            highs.append(100 * ((rate.high if rate and rate.high is not None else value) - value))
         positions = [g + index * width for g in range(len(groups))]
         axis.bar(positions, values, width, yerr=[lows, highs], capsize=3, label=model)
     axis.set_xticks([g + width * (len(models) - 1) / 2 for g in range(len(groups))])
     axis.set_xticklabels([f"{b}\n{a}" for b, a in groups], fontsize=8)
-    axis.set_ylabel(f"{key.upper() if key == 'asr' else key} (%)")
+    axis.set_ylabel("ASR (%)" if expected == HARMFUL else "compliance (%)")
     axis.set_ylim(0, 100)
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
@@ -69,34 +72,35 @@ def rates_by_attack(results: dict, png: Path, key: str = "asr") -> Path:
     return png
 
 
-def tuning_front(rows: list, front: set, base: dict, best: dict | None, png: Path) -> Path:
-    """A tuning study's completed trials: harmful compliance against helpfulness, coloured
-    by over-refusal compliance; the Pareto front joined and ringed, the base model a star,
-    the best point a square, points that miss the bounds drawn as crosses."""
-    done = [row for row in rows if row["scores"]]
+def tuning_front(rows: list, front: set, base: dict, best, png: Path) -> Path:
+    """A tuning study's completed trials (:class:`repbend.tune.TrialRow`): harmful
+    compliance against helpfulness, coloured by over-refusal compliance; the Pareto front
+    joined and ringed, the base model a star, the best point (a row or None) a square,
+    points that miss the bounds drawn as crosses."""
+    done = [row for row in rows if row.scores]
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4.4))
     colours = dict(cmap="viridis", vmin=0, vmax=100)
     scatter = None
     for feasible, marker in ((True, "o"), (False, "X")):
-        points = [row for row in done if row["feasible"] == feasible]
+        points = [row for row in done if row.feasible == feasible]
         if points:
-            scatter = axis.scatter([100 * r["scores"]["harmful_compliance"] for r in points],
-                                   [100 * r["scores"]["helpful"] for r in points],
-                                   c=[100 * r["scores"]["overrefusal"] for r in points], marker=marker, s=55,
-                                   edgecolors=["black" if r["number"] in front else "none" for r in points],
+            scatter = axis.scatter([100 * r.scores["harmful_compliance"] for r in points],
+                                   [100 * r.scores["helpful"] for r in points],
+                                   c=[100 * r.scores["overrefusal"] for r in points], marker=marker, s=55,
+                                   edgecolors=["black" if r.number in front else "none" for r in points],
                                    label="meets the bounds" if feasible else "misses a bound", **colours)
-    on_front = sorted((r for r in done if r["number"] in front), key=lambda r: r["scores"]["harmful_compliance"])
+    on_front = sorted((r for r in done if r.number in front), key=lambda r: r.scores["harmful_compliance"])
     if on_front:
-        axis.plot([100 * r["scores"]["harmful_compliance"] for r in on_front],
-                  [100 * r["scores"]["helpful"] for r in on_front], color="black", lw=0.8, alpha=0.6, label="Pareto front")
+        axis.plot([100 * r.scores["harmful_compliance"] for r in on_front],
+                  [100 * r.scores["helpful"] for r in on_front], color="black", lw=0.8, alpha=0.6, label="Pareto front")
     for row in done:
-        axis.annotate(str(row["number"]), (100 * row["scores"]["harmful_compliance"], 100 * row["scores"]["helpful"]),
+        axis.annotate(str(row.number), (100 * row.scores["harmful_compliance"], 100 * row.scores["helpful"]),
                       fontsize=7, xytext=(4, 3), textcoords="offset points")
     axis.scatter([100 * base["harmful_compliance"]], [100 * base["helpful"]], c=[100 * base["overrefusal"]],
                  marker="*", s=180, edgecolors="black", label="base model", **colours)
     if best is not None:
-        axis.scatter([100 * best["scores"]["harmful_compliance"]], [100 * best["scores"]["helpful"]], marker="s",
+        axis.scatter([100 * best.scores["harmful_compliance"]], [100 * best.scores["helpful"]], marker="s",
                      s=160, facecolors="none", edgecolors="red", label="best point")
     if scatter is not None:
         figure.colorbar(scatter, ax=axis, label="over-refusal compliance (%)")

@@ -49,6 +49,7 @@ from .config import (ALIASES, BenchmarkSpec, Config, SourceConfig, TuneConfig, a
                      from_dict, load_config, save_config, to_dict, unknown_key)
 from .errors import ConfigError, TrainingDiverged
 from .eval.benchmarks import load_benchmark, sample_rows
+from .eval.results import EvalResults, JsonRecord
 from .eval.stats import non_dominated
 
 log = logging.getLogger(__name__)
@@ -285,22 +286,23 @@ def tune_eval(config: Config, split: TuneSplit, output_dir: Path, adapters: list
         capability_tasks=[], max_new_tokens=t.max_new_tokens, output_dir=str(output_dir)))
 
 
-def scores_of(results: dict, model: str) -> dict:
+def scores_of(results: EvalResults, model: str) -> dict:
     """The tuning figures of one model in an evaluation's results (fractions)."""
-    entries = [e for e in results["metrics"] if e["model"] == model]
+    entries = [e for e in results.metrics if e.model == model]
 
-    def mean(label: str, rate: str) -> Optional[float]:
-        values = [e[rate]["value"] for e in entries if e["benchmark"] == label and e[rate]["value"] is not None]
+    def mean(label: str, pick) -> Optional[float]:
+        rates = [pick(e) for e in entries if e.benchmark == label]
+        values = [rate.value for rate in rates if rate is not None and rate.value is not None]
         return sum(values) / len(values) if values else None
 
     return {
-        "harmful_compliance": mean(HARMFUL_LABEL, "asr"),
-        "harmful_degenerate": mean(HARMFUL_LABEL, "degenerate"),
-        "helpful": mean(BENIGN_LABEL, "compliance"),
-        "benign_degenerate": mean(BENIGN_LABEL, "degenerate"),
-        "benign_refused": mean(BENIGN_LABEL, "refused"),
-        "overrefusal": mean(OVERREFUSAL_LABEL, "compliance"),
-        "overrefusal_degenerate": mean(OVERREFUSAL_LABEL, "degenerate"),
+        "harmful_compliance": mean(HARMFUL_LABEL, lambda e: e.asr),
+        "harmful_degenerate": mean(HARMFUL_LABEL, lambda e: e.degenerate),
+        "helpful": mean(BENIGN_LABEL, lambda e: e.compliance),
+        "benign_degenerate": mean(BENIGN_LABEL, lambda e: e.degenerate),
+        "benign_refused": mean(BENIGN_LABEL, lambda e: e.refused),
+        "overrefusal": mean(OVERREFUSAL_LABEL, lambda e: e.compliance),
+        "overrefusal_degenerate": mean(OVERREFUSAL_LABEL, lambda e: e.degenerate),
     }
 
 
@@ -362,7 +364,7 @@ class Objective:
         import optuna
 
         from .eval.run import evaluate, label_of
-        from .train import train
+        from .training import train
 
         t, out = config.tune, Path(config.output_dir)
         check = t.intermediate_check_step
@@ -392,8 +394,8 @@ class TuneResult:
     storage: str
     counts: dict  # trial states
     base: dict
-    front: list  # rows (see trial_row)
-    best: Optional[dict]
+    front: list  # of TrialRow
+    best: Optional[TrialRow]
     best_feasible: bool
     best_config: Optional[Path]
     final: Any = None  # pipeline.RunResult of best.yaml
@@ -483,43 +485,63 @@ def tune(config: Config, progress: bool = True) -> TuneResult:
                        timeout=t.timeout_minutes * 60 if t.timeout_minutes is not None else None)
 
     rows = [trial_row(trial, dimensions, t, base) for trial in study.get_trials(deepcopy=False)]
-    complete = [row for row in rows if row["state"] == "COMPLETE"]
+    complete = [row for row in rows if row.state == "COMPLETE"]
     front = pareto_front(complete)
     best, feasible = choose_best(complete)
     best_path = None
     if best is not None:
-        chosen = with_values(config, best["params"])
+        chosen = with_values(config, best.params)
         chosen = dataclasses.replace(chosen, output_dir=str(folder / "final"),
                                      build=dataclasses.replace(chosen.build, output_dir=str(built.output_dir)))
         best_path = folder / "best.yaml"
         save_config(chosen, best_path)
-    counts = {state.name.lower(): sum(row["state"] == state.name for row in rows) for state in TrialState}
+    counts = {state.name.lower(): sum(row.state == state.name for row in rows) for state in TrialState}
     result = TuneResult(folder, storage, {k: v for k, v in counts.items() if v}, base, front, best, feasible, best_path)
     write_front(result, rows, split)
-    tuning_front(rows, {row["number"] for row in front}, base, best, folder / "front.png")
+    tuning_front(rows, {row.number for row in front}, base, best, folder / "front.png")
     if best_path is not None and t.final:
         result.final = run(load_config(best_path), progress=progress)
         write_front(result, rows, split)
     return result
 
 
-def trial_row(trial, dimensions: list, tune: TuneConfig, base: dict) -> dict:
+@dataclass(kw_only=True)
+class TrialRow(JsonRecord):
+    """One trial of a study, as front.json lists it: its number and ``run`` (the first
+    trial of these values: a rerun of a cut-off trial keeps its folder), Optuna's state,
+    the config values, the tuning figures (:func:`scores_of`; None until it completes),
+    the constraint values (:func:`violations`) and whether it meets them all, why it was
+    pruned, the intermediate check and how long it took."""
+
+    number: int
+    run: int
+    state: str
+    params: dict
+    scores: Optional[dict]
+    violations: dict
+    feasible: bool
+    pruned: Optional[str] = None
+    check: Optional[dict] = None
+    seconds: Optional[float] = None
+
+
+def trial_row(trial, dimensions: list, tune: TuneConfig, base: dict) -> TrialRow:
     by_key = {d.key: d for d in dimensions}
     # Values sampled under an earlier space that this one no longer lists stay as stored.
     params = {k: by_key[k].value(v) if k in by_key and by_key[k].knows(v) else v for k, v in trial.params.items()}
     scores = trial.user_attrs.get("scores")
     found = violations(tune, scores, base) if scores else {}
-    return {"number": trial.number, "run": trial.user_attrs.get("run", trial.number), "state": trial.state.name,
-            "params": params, "scores": scores, "violations": found,
-            "feasible": bool(scores) and all(v <= 0 for v in found.values()),
-            "pruned": trial.user_attrs.get("pruned"), "check": trial.user_attrs.get("check"),
-            "seconds": trial.user_attrs.get("seconds")}
+    return TrialRow(number=trial.number, run=trial.user_attrs.get("run", trial.number), state=trial.state.name,
+                    params=params, scores=scores, violations=found,
+                    feasible=bool(scores) and all(v <= 0 for v in found.values()),
+                    pruned=trial.user_attrs.get("pruned"), check=trial.user_attrs.get("check"),
+                    seconds=trial.user_attrs.get("seconds"))
 
 
-def _signed(row: dict) -> list:
+def _signed(row: TrialRow) -> list:
     """Objectives as quantities to minimise."""
     return [value if direction == "minimize" else -value
-            for value, direction in zip((row["scores"][name] for name in OBJECTIVES), DIRECTIONS)]
+            for value, direction in zip((row.scores[name] for name in OBJECTIVES), DIRECTIONS)]
 
 
 def pareto_front(rows: list) -> list:
@@ -531,12 +553,12 @@ def choose_best(rows: list) -> tuple:
     """(best row, whether it meets every bound): the feasible row with the lowest harmful
     compliance (ties: more helpful, then more over-refusal compliance); without a feasible
     row, the one that misses the bounds by the least."""
-    feasible = [row for row in rows if row["feasible"]]
+    feasible = [row for row in rows if row.feasible]
     if feasible:
         return min(feasible, key=_signed), True
     if not rows:
         return None, False
-    return min(rows, key=lambda row: (sum(max(0.0, v) for v in row["violations"].values()), _signed(row))), False
+    return min(rows, key=lambda row: (sum(max(0.0, v) for v in row.violations.values()), _signed(row))), False
 
 
 # --- reports ------------------------------------------------------------------------
@@ -553,20 +575,22 @@ def _params_text(params: dict) -> str:
 def write_front(result: TuneResult, rows: list, split: TuneSplit) -> None:
     """front.json and front.md in the study folder."""
     folder, base = result.folder, result.base
-    final = result.final.results["summary"] if result.final is not None else None
+    final = result.final.results.summary if result.final is not None else None
     write_text(folder / "front.json", json.dumps({
         "objectives": dict(zip(OBJECTIVES, DIRECTIONS)), "storage": result.storage, "counts": result.counts,
-        "split": split.counts, "base": base, "front": result.front, "trials": rows, "best": result.best,
+        "split": split.counts, "base": base, "front": [row.to_json() for row in result.front],
+        "trials": [row.to_json() for row in rows], "best": result.best.to_json() if result.best else None,
         "best_feasible": result.best_feasible, "best_config": str(result.best_config) if result.best_config else None,
-        "final": final}, indent=2))
+        "final": {model: found.to_json() for model, found in final.items()} if final is not None else None},
+        indent=2))
     header = "| trial | harmful compliance % | helpful % | over-refusal compliance % | harmful degenerate % | benign degenerate % | feasible | values |"
     rule = "|---" * 8 + "|"
 
-    def line(row: dict) -> str:
-        s = row["scores"]
-        return (f"| {row['number']} | {_pct(s['harmful_compliance'])} | {_pct(s['helpful'])} | {_pct(s['overrefusal'])} "
-                f"| {_pct(s['harmful_degenerate'])} | {_pct(s['benign_degenerate'])} | {'yes' if row['feasible'] else 'no'} "
-                f"| {_params_text(row['params'])} |")
+    def line(row: TrialRow) -> str:
+        s = row.scores
+        return (f"| {row.number} | {_pct(s['harmful_compliance'])} | {_pct(s['helpful'])} | {_pct(s['overrefusal'])} "
+                f"| {_pct(s['harmful_degenerate'])} | {_pct(s['benign_degenerate'])} | {'yes' if row.feasible else 'no'} "
+                f"| {_params_text(row.params)} |")
 
     lines = ["# Tuning study", "",
              "Trials: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()) + f". Storage `{result.storage}`.",
@@ -579,23 +603,23 @@ def write_front(result: TuneResult, rows: list, split: TuneSplit) -> None:
              *[line(row) for row in sorted(result.front, key=_signed)], ""]
     if result.best is not None:
         kind = "meets every bound" if result.best_feasible else "meets no bound set: the least infeasible point"
-        lines += ["## Best point", "", f"Trial {result.best['number']} ({kind}): {_params_text(result.best['params'])}. "
+        lines += ["## Best point", "", f"Trial {result.best.number} ({kind}): {_params_text(result.best.params)}. "
                   f"Config: [best.yaml](best.yaml).", ""]
     if final is not None:
         lines += ["## Final evaluation of best.yaml on the test split", "",
                   "| model | mean ASR % | mean benign compliance % | harmful degenerate % | benign degenerate % |",
                   "|---|---|---|---|---|",
-                  *[f"| {m} | {_pct(v.get('mean_asr'))} | {_pct(v.get('mean_compliance'))} | "
-                    f"{_pct(v.get('degenerate_harmful'))} | {_pct(v.get('degenerate_benign'))} |" for m, v in final.items()],
+                  *[f"| {m} | {_pct(v.mean_asr)} | {_pct(v.mean_compliance)} | "
+                    f"{_pct(v.degenerate_harmful)} | {_pct(v.degenerate_benign)} |" for m, v in final.items()],
                   "", "Full report: [final/report.md](final/report.md).", ""]
     lines += ["## All trials", "", "| trial | state | harmful compliance % | helpful % | over-refusal % | minutes | note |",
               "|---|---|---|---|---|---|---|"]
     for row in rows:
-        s = row["scores"] or {}
-        cut = "cut off or failed (run again in its folder by the next invocation): " if row["state"] == "FAIL" else ""
-        note = row["pruned"] or cut + _params_text(row["params"])
-        minutes = f"{row['seconds'] / 60:.1f}" if row["seconds"] else "-"
-        lines.append(f"| {row['number']} | {row['state'].lower()} | {_pct(s.get('harmful_compliance'))} | "
+        s = row.scores or {}
+        cut = "cut off or failed (run again in its folder by the next invocation): " if row.state == "FAIL" else ""
+        note = row.pruned or cut + _params_text(row.params)
+        minutes = f"{row.seconds / 60:.1f}" if row.seconds else "-"
+        lines.append(f"| {row.number} | {row.state.lower()} | {_pct(s.get('harmful_compliance'))} | "
                      f"{_pct(s.get('helpful'))} | {_pct(s.get('overrefusal'))} | {minutes} | {note} |")
     write_text(folder / "front.md", "\n".join(lines) + "\n")
 
@@ -612,9 +636,9 @@ def summary_lines(result: TuneResult) -> list:
     best = result.best
     if best is None:
         return lines + ["best:    no trial completed"]
-    s = best["scores"]
-    lines += [f"best:    trial {best['number']}{'' if result.best_feasible else ' (misses the bounds: none met them)'}: "
-              f"{_params_text(best['params'])}",
+    s = best.scores
+    lines += [f"best:    trial {best.number}{'' if result.best_feasible else ' (misses the bounds: none met them)'}: "
+              f"{_params_text(best.params)}",
               f"         harmful {_pct(s['harmful_compliance'])} %, helpful {_pct(s['helpful'])} %, over-refusal "
               f"{_pct(s['overrefusal'])} %, benign degenerate {_pct(s['benign_degenerate'])} % (tuning split)",
               f"config:  {result.best_config}"]

@@ -23,6 +23,7 @@ from .degeneration import degeneration
 from .judges import DEFAULT_JUDGE, JudgeError, build_judge
 from .metrics import group_metrics, outcome, rate, summary
 from .report import write_report
+from .results import CapabilityScore, EvalResults, EvaluatedModel
 from .types import CAPABILITY, HARMFUL, JudgeInput
 
 VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm_eval")
@@ -31,7 +32,7 @@ VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm_eval"
 @dataclass
 class EvalResult:
     output_dir: Path
-    results: dict
+    results: EvalResults  # as written to results.json
     generated: int  # responses generated now (the rest came from the cache)
 
 
@@ -110,7 +111,8 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
         raise ConfigError("eval.benchmarks: two entries share a name; give them different labels")
     judge = build_judge(DEFAULT_JUDGE if e.judge == "default" else e.judge, **e.judge_options)
     refusals = build_judge("keywords")
-    settings = GenerationSettings(e.max_new_tokens, e.do_sample, e.temperature, e.top_p, e.seed, e.batch_size)
+    settings = GenerationSettings(e.max_new_tokens, e.do_sample, e.temperature, e.top_p, e.seed, e.batch_size,
+                                  e.max_batch_tokens)
     cache = GenerationCache(out / "cache" / "generations.jsonl")
 
     records, capability, generated = [], {}, 0
@@ -137,25 +139,26 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                 backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
                 limit=e.capability_limit, split=e.capability_split, batch_size=e.batch_size,
             )
-            for score in scores.values():  # the same bootstrap interval as every other rate
-                if score.get("correct"):
-                    interval = rate(score["correct"], e.seed)
-                    score.update(low=interval["low"], high=interval["high"])
-            capability[label] = scores
+            capability[label] = {task: CapabilityScore.from_json(score, f"capability[{task!r}]")
+                                 for task, score in scores.items()}
+            for score in capability[label].values():  # the same bootstrap interval as every other rate
+                if score.correct:
+                    interval = rate(score.correct, e.seed)
+                    score.low, score.high = interval.low, interval.high
         del backend
 
     entries = group_metrics(records, e.seed)
-    results = {
-        "models": {label: {"model": mc.name_or_path, "adapter": adapter} for label, mc, adapter in candidates(config)},
-        "judge": judge.name,
-        "metrics": entries,
-        "capability": capability,
-        "summary": summary(entries, capability),
-        "config": to_dict(config),
-        "versions": package_versions(),
-    }
+    results = EvalResults(
+        models={label: EvaluatedModel(model=mc.name_or_path, adapter=adapter) for label, mc, adapter in candidates(config)},
+        judge=judge.name,
+        metrics=entries,
+        capability=capability,
+        summary=summary(entries, capability),
+        config=to_dict(config),
+        versions=package_versions(),
+    )
     write_text(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    write_text(out / "results.json", json.dumps(results, indent=2))
+    results.save(out / "results.json")
     write_report(results, out / "results.md")
     return EvalResult(out, results, generated)
 

@@ -1,6 +1,6 @@
 """What every training method shares: the forward runner, the method interface, the registry.
 
-A method is a loss on the one training loop (``repbend.train``). It declares which data
+A method is a loss on the one training loop (``repbend.training``). It declares which data
 streams and hidden-state layers it reads, and computes its loss through a
 :class:`Runner`, which runs the LoRA model or the frozen model (the same weights with the
 adapter disabled, under ``no_grad``) and returns only what the loss reads: the selected

@@ -27,7 +27,7 @@ def trained(config: Config, progress: bool = True) -> Path:
     """The adapter of a finished run with this config: reused when it exists, resumed
     when a run was killed, trained otherwise."""
     from ..pipeline import training_is_done
-    from ..train import train
+    from ..training import train
 
     out = Path(config.output_dir)
     if not training_is_done(config):
@@ -42,7 +42,7 @@ def merge_task_vectors(model_config, adapters: dict, weights: dict, folder: Path
     from peft.tuners.lora import LoraLayer
 
     from ..models import load_model, load_tokenizer
-    from ..train import save_merged
+    from ..training import save_merged
 
     tokenizer = load_tokenizer(model_config)
     names = list(adapters)
