@@ -29,7 +29,7 @@ import torch
 
 from repbend.config import ModelConfig
 from repbend.eval.attacks import ATTACKS, AttackContext
-from repbend.eval.benchmarks import load_benchmark
+from repbend.data.benchmarks import load_benchmark
 from repbend.generate import GenerationSettings, HFBackend
 
 

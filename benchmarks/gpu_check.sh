@@ -25,7 +25,7 @@ timeout 60 "$PYTHON" -c "import sys, torch, transformers, accelerate, peft; prin
 timeout 300 "$PYTHON" benchmarks/train_step.py --shape llama3-8b --steps 6 --generate 32 --new-tokens 256 "${COMMON[@]}" \
     > "$OUT/llama3-8b.txt" 2>&1
 echo "llama3-8b exit $?" >> "$OUT/status.txt"
-timeout 150 "$PYTHON" benchmarks/train_step.py --shape llama-1b --steps 6 "${COMMON[@]}" loss.target_layers=auto > "$OUT/llama-1b.txt" 2>&1
+timeout 150 "$PYTHON" benchmarks/train_step.py --shape llama-1b --steps 6 "${COMMON[@]}" loss.repbend.target_layers=auto > "$OUT/llama-1b.txt" 2>&1
 echo "llama-1b exit $?" >> "$OUT/status.txt"
 
 set +x

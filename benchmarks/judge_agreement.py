@@ -44,7 +44,7 @@ from repbend.config import ModelConfig, load_config
 from repbend.errors import RepbendError
 from repbend.eval.attacks.simple import GENERIC_OPENING, PREFILL_END
 from repbend.eval.judges import JudgeInput, build_judge
-from repbend.pipeline import DEFAULT_CONFIG
+from repbend.commands.run import DEFAULT_CONFIG
 from repbend.eval.judges import labelled
 from repbend.eval.stats import bootstrap_interval
 from repbend.models import load_tokenizer

@@ -35,8 +35,7 @@ import torch
 from repbend.config import load_config
 from repbend.data.collate import MicroBatches
 from repbend.methods import Runner
-from repbend.methods.repbend import next_token_targets
-from repbend.methods.terms import token_cross_entropy
+from repbend.methods.terms import next_token_targets, token_cross_entropy
 from repbend.training import prepare, resolve_precision
 
 SHAPES = {  # random-init models at a published shape

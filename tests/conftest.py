@@ -13,8 +13,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
-from repbend.eval.benchmarks import normalise_text
+from repbend.data.benchmarks import normalise_text
 from repbend.models import byte_tokenizer
+import repbend.training as train_module
+from repbend.training import train
 
 # A tiny Llama shape (hidden 32, 4 blocks); the vocabulary comes from the tokenizer.
 TINY_LLAMA = dict(
@@ -109,3 +111,18 @@ def bag_of_words(texts: list, **_) -> torch.Tensor:
         for word in normalise_text(text).split():
             vectors[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % 512] += 1
     return torch.nn.functional.normalize(vectors, dim=-1)
+
+
+def interrupted(config, monkeypatch, at_step: int) -> None:
+    """Train ``config`` until a KeyboardInterrupt at ``at_step``: a run killed mid-way."""
+    real_step = train_module._train_step
+
+    def killed(step, *args, **kwargs):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return real_step(step, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(train_module, "_train_step", real_step)

@@ -18,10 +18,10 @@ from repbend.analysis.geometry import (
 )
 from repbend.analysis.hooks import capture_hidden
 from repbend.analysis.lens import lens_logits, refusal_token_ids, refusal_words
-from repbend.analysis.run import adapter_folder, forced_answer
+from repbend.analysis.measure import adapter_folder, forced_answer
 from repbend.cli import main
 from repbend.config import LoraSettings, load_config
-from repbend.eval.benchmarks import load_benchmark
+from repbend.data.benchmarks import load_benchmark
 from repbend.models import attach_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_analyze_command_writes_every_artifact(tmp_path):
     markdown = (out / "analysis.md").read_text()
     assert "geometry_by_layer.png" in markdown and "lens_forced_answer.png" in markdown
 
-    from repbend.analysis.run import AnalysisResult
+    from repbend.commands.analyze import AnalysisResult
 
     result = AnalysisResult(out, numbers, {k: Path(v) for k, v in numbers["files"].items()})
     lines = report_lines(result, run)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from repbend.compare import method_config
+from repbend.commands.compare import method_config
 from repbend.config import load_config
 from repbend.data.collate import MicroBatches
 from repbend.errors import ConfigError
@@ -21,7 +21,7 @@ from repbend.methods import Runner, TrainingModule
 from repbend.methods.circuit_breaker import schedule
 from repbend.methods.likelihood import response_log_probs
 from repbend.methods.rmu import steering_direction
-from repbend.methods.task_arithmetic import task_arithmetic
+from repbend.commands.task_arithmetic import task_arithmetic
 from repbend.methods.terms import dpo_loss, mean_squared_error, npo_loss, rerouting_cosine, sequence_log_probs
 from repbend.models import load_model, load_tokenizer
 from repbend.training import prepare, train
@@ -160,7 +160,7 @@ def test_every_method_trains_and_its_adapter_reloads(tmp_path, method):
 
 
 def test_task_arithmetic_equals_the_merge_by_hand(tmp_path):
-    from repbend.eval.run import candidates
+    from repbend.commands.evaluate import candidates
     from repbend.generate import HFBackend
 
     config = method_config(load_config(TINY, [f"output_dir={tmp_path}", "train.lr=1e-2"]), "task_arithmetic")
@@ -201,4 +201,4 @@ def test_task_arithmetic_equals_the_merge_by_hand(tmp_path):
     # A second call reuses the merge; other weights in the same folder are an error.
     assert task_arithmetic(config, progress=False) == merged
     with pytest.raises(ConfigError, match="merge with other settings"):
-        task_arithmetic(dataclasses.replace(config, loss=dataclasses.replace(config.loss, ta_unsafe_weight=0.3)))
+        task_arithmetic(dataclasses.replace(config, loss=config.loss.with_settings(unsafe_weight=0.3)))

@@ -209,7 +209,7 @@ def test_available_standard_tasks_offline(no_network):
 
 
 def test_summary_reads_groups_and_filters():
-    from repbend.eval.capability import _summary
+    from repbend.eval.capability.harness import _summary
 
     def sample(doc_id: int, filter_: str, **scores) -> dict:
         return {"doc_id": doc_id, "filter": filter_, **scores}

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from repbend.cli import main
-from repbend.compare import compare, method_config, model_scores, pareto_front
+from repbend.commands.compare import compare, method_config, model_scores, pareto_front
 from repbend.config import load_config
-from repbend.data import packaged
+from repbend.data import splits
 from repbend.errors import ConfigError
 from repbend.eval.results import CapabilityScore
-import repbend.training as train_module
+import repbend.commands.task_arithmetic as task_arithmetic_command
 from conftest import SMALL, bag_of_words
 
 
@@ -106,7 +106,7 @@ def test_a_second_compare_reuses_every_run(compared, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished training run was trained again")
 
-    monkeypatch.setattr(train_module, "train", no_training)
+    monkeypatch.setattr(task_arithmetic_command, "train", no_training)
     monkeypatch.chdir(ROOT)
     assert main(["compare", str(TINY), f"output_dir={config.output_dir}", "-q"]) == 0
     assert "| task_arithmetic |" in capsys.readouterr().out
@@ -114,7 +114,7 @@ def test_a_second_compare_reuses_every_run(compared, monkeypatch, capsys):
 
 
 def test_compare_trains_on_the_built_data_of_the_main_job(tmp_path, monkeypatch):
-    monkeypatch.setattr(packaged, "embed", bag_of_words)
+    monkeypatch.setattr(splits, "embed", bag_of_words)
     config = load_config(TINY, [
         f"output_dir={tmp_path / 'compare'}", f"build.output_dir={tmp_path / 'main' / 'data'}", *SMALL,
         "compare.build_data=true", "compare.methods=[dpo]",
@@ -131,16 +131,35 @@ def test_compare_trains_on_the_built_data_of_the_main_job(tmp_path, monkeypatch)
 
 
 def test_overlays_set_each_methods_settings(tmp_path):
-    base = load_config(TINY, [f"output_dir={tmp_path}", "loss.kl_coef=0.7",
-                              "compare.overrides={npo: [loss.npo_beta=0.2]}"])
+    base = load_config(TINY, [f"output_dir={tmp_path}", "loss.repbend.kl_coef=0.7",
+                              "compare.overrides={npo: [loss.npo.beta=0.2]}"])
     repbend = method_config(base, "repbend")
-    assert repbend.loss.kl_coef == 0.7 and repbend.loss.target_layers == [2, 3]  # the config's own loss
+    assert repbend.loss.settings.kl_coef == 0.7 and repbend.loss.settings.target_layers == [2, 3]  # the config's own
     npo = method_config(base, "npo")
-    assert (npo.loss.method, npo.loss.npo_beta, npo.loss.kl_coef) == ("npo", 0.2, 0.3)  # others: defaults
+    assert (npo.loss.method, npo.loss.settings.beta, npo.loss.retain_coef) == ("npo", 0.2, 1.0)
+    assert list(npo.loss.sections) == ["npo"]  # another method's loss starts from the defaults
     rmu = method_config(base, "rmu")
     assert rmu.lora.target_modules == ["gate_proj", "up_proj", "down_proj"] and rmu.lora.r == base.lora.r
-    assert method_config(base, "circuit_breaker").loss.cb_alpha == 10.0
+    assert (rmu.loss.settings.layer, rmu.loss.settings.steering_coef, rmu.loss.settings.retain_coef) == ("auto", 6.5, 1200.0)
+    assert method_config(base, "circuit_breaker").loss.settings.alpha == 10.0
+    assert method_config(base, "task_arithmetic").loss.settings.unsafe_weight == 0.1
     assert Path(npo.output_dir) == tmp_path / "npo"
+
+
+def test_overlays_and_overrides_with_the_flat_loss_keys_still_work(tmp_path, monkeypatch):
+    from repbend import config as config_module
+
+    monkeypatch.setattr(config_module, "_WARNED", set())
+    folder = tmp_path / "methods"
+    folder.mkdir()
+    (folder / "circuit_breaker.yaml").write_text("loss:\n  method: circuit_breaker\n  cb_alpha: 5.0\n")
+    (folder / "rmu.yaml").write_text("loss:\n  method: rmu\n  rmu_seed: 3\n")
+    base = load_config(TINY, [f"output_dir={tmp_path}", f"compare.method_dir={folder}",
+                              "compare.overrides={rmu: [loss.rmu_steering_coef=120]}"])
+    with pytest.warns(FutureWarning, match="config key loss.(cb_alpha|rmu_seed|rmu_steering_coef) is deprecated"):
+        breaker, rmu = method_config(base, "circuit_breaker"), method_config(base, "rmu")
+    assert breaker.loss.settings.alpha == 5.0
+    assert (rmu.loss.settings.seed, rmu.loss.settings.steering_coef) == (3, 120.0)
 
 
 def test_overlay_errors_are_clear(tmp_path):

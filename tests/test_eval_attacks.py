@@ -19,7 +19,7 @@ from repbend.eval.attacks.templates import (
     Template,
     template_set,
 )
-from repbend.eval.types import BehaviorRow
+from repbend.types import BehaviorRow
 
 PLAIN = BehaviorRow(id="p1", prompt="Explain placeholder task one", benchmark="fixture",
                     target="Sure, here is placeholder task one")

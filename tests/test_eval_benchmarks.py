@@ -10,8 +10,8 @@ import pytest
 
 from repbend.errors import ConfigError, DataError
 from repbend import packages
-from repbend.eval.benchmarks import BENCHMARKS, deduplicate, load_benchmark, normalise_text
-from repbend.eval.types import BENIGN, CAPABILITY, HARMFUL
+from repbend.data.benchmarks import BENCHMARKS, deduplicate, load_benchmark, normalise_text
+from repbend.types import BENIGN, CAPABILITY, HARMFUL
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 

@@ -11,7 +11,7 @@ from repbend.config import load_config
 from repbend.errors import RepbendError
 from repbend.eval.report import load_results, render_markdown
 from repbend.eval.results import EvalResults
-from repbend.eval.run import evaluate
+from repbend.commands.evaluate import evaluate
 from repbend.training import train
 
 ROOT = Path(__file__).resolve().parents[1]

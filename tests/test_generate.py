@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from repbend.eval.types import AttackedPrompt, BehaviorRow
+from repbend.types import AttackedPrompt, BehaviorRow
 from repbend.generate import EndpointBackend, GenerationCache, GenerationError, GenerationSettings, HFBackend, generate
 from conftest import QuietJSONHandler, local_server
 

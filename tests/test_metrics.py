@@ -9,8 +9,8 @@ from repbend.eval.judges import Judge, JudgeError, build_judge
 from repbend.eval.metrics import ANSWERED, COMPLIED, REFUSED, group_metrics, outcome, summary
 from repbend.eval.report import render_markdown
 from repbend.eval.results import EvalResults, EvaluatedModel
-from repbend.eval.run import judge_responses
-from repbend.eval.types import BENIGN, HARMFUL, AttackedPrompt, BehaviorRow, Verdict
+from repbend.eval.judging import judge_responses
+from repbend.types import BENIGN, HARMFUL, AttackedPrompt, BehaviorRow, Verdict
 
 STEPS = ("Sure, here is how to do the placeholder task.\n"
          "Step 1: Mix the placeholder compound with solvent A.\n"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+import repbend.commands.run as run_command
+from repbend.commands.run import run, summary_lines, target_checks
 from repbend.config import load_config
-from repbend.data import packaged
+from repbend.data import splits
 from repbend.eval.report import render_markdown
 from repbend.eval.results import CapabilityScore, EvalResults, EvaluatedModel, MetricEntry, Rate
-from repbend.pipeline import run, summary_lines, target_checks
-import repbend.training as train_module
 from conftest import SMALL, bag_of_words
 
 
@@ -28,7 +28,7 @@ def tiny_run_config(folder: Path):
 
 
 def test_run_writes_every_artifact_and_reuses_finished_steps(tmp_path, monkeypatch):
-    monkeypatch.setattr(packaged, "embed", bag_of_words)
+    monkeypatch.setattr(splits, "embed", bag_of_words)
     config = tiny_run_config(tmp_path / "run")
     result = run(config, progress=False)
     out = result.output_dir
@@ -51,14 +51,14 @@ def test_run_writes_every_artifact_and_reuses_finished_steps(tmp_path, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("a finished training run was trained again")
 
-    monkeypatch.setattr(train_module, "train", no_training)
+    monkeypatch.setattr(run_command, "train", no_training)
     again = run(config, progress=False)
     assert again.results.to_json()["metrics"] == results["metrics"]
 
 
 def test_the_same_seed_gives_the_same_results_twice(tmp_path, monkeypatch):
     """Data build, training and evaluation are deterministic for one seed on one machine."""
-    monkeypatch.setattr(packaged, "embed", bag_of_words)
+    monkeypatch.setattr(splits, "embed", bag_of_words)
     first, second = (run(tiny_run_config(tmp_path / name / "run"), progress=False) for name in ("a", "b"))
     assert first.results.metrics == second.results.metrics
     assert first.results.capability == second.results.capability
@@ -70,7 +70,7 @@ def test_the_same_seed_gives_the_same_results_twice(tmp_path, monkeypatch):
 
 
 def test_run_refuses_to_mix_runs_with_other_settings(tmp_path, monkeypatch):
-    monkeypatch.setattr(packaged, "embed", bag_of_words)
+    monkeypatch.setattr(splits, "embed", bag_of_words)
     config = tiny_run_config(tmp_path / "run")
     run(config, progress=False)
     changed = load_config(ROOT / "configs" / "tiny-test.yaml", [f"output_dir={tmp_path / 'run'}", *SMALL,
@@ -117,7 +117,7 @@ def test_embedded_main_job_end_to_end(tmp_path):
     nothing (about 25 minutes on 2 cores): every artifact, the report's figures are
     results.json's, and the trained model refuses more without degenerating on benign
     prompts more than the base model does."""
-    from repbend.pipeline import DEFAULT_CONFIG
+    from repbend.commands.run import DEFAULT_CONFIG
 
     result = run(load_config(DEFAULT_CONFIG, [f"output_dir={tmp_path / 'main'}"]), progress=False)
     assert render_markdown(result.results) in result.report.read_text()

@@ -11,8 +11,8 @@ import pytest
 from repbend.config import Config, EvalConfig
 from repbend.errors import ConfigError
 from repbend.eval.judges import JudgeError, JudgeInput, build_judge
-from repbend.eval.run import make_backend
-from repbend.eval.types import AttackedPrompt, BehaviorRow
+from repbend.commands.evaluate import make_backend
+from repbend.types import AttackedPrompt, BehaviorRow
 from repbend.generate import EndpointBackend, GenerationError, GenerationSettings
 from conftest import QuietJSONHandler, local_server
 

@@ -10,7 +10,7 @@ import pytest
 
 from repbend.eval.report import load_results, render_markdown
 from repbend.eval.results import EvalResults, MetricEntry, ResultsError
-from repbend.tune import TrialRow
+from repbend.commands.tune.trials import TrialRow
 
 
 def _rate(value, n=4):

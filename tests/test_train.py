@@ -19,7 +19,7 @@ from repbend.methods import TrainingModule
 from repbend.models import load_model, load_tokenizer
 from repbend.training import JumpGuard, prepare, train
 from repbend.data.collate import MicroBatches
-import repbend.training as train_module
+from conftest import interrupted
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_step_zero_distances_and_kl_are_exactly_zero(tmp_path):
 def test_options_beyond_the_recipe_start_at_their_floor_and_then_move(tmp_path):
     # Safe KL is 0 while LoRA is a no-op and grows once it is not; the refusal CE is the
     # model's own loss on P_us refusals from the start.
-    config = tiny(tmp_path, "loss.safe_kl_coef=1.0", "loss.refusal_ce_coef=1.0", "train.micro_batch=4")
+    config = tiny(tmp_path, "loss.repbend.safe_kl_coef=1.0", "loss.repbend.refusal_ce_coef=1.0", "train.micro_batch=4")
     tokenizer, model, method, streams = prepare(config)
     model.eval()  # no dropout: the LoRA model equals the frozen one exactly
     batches = MicroBatches(streams, 4, 0, tokenizer.pad_token_id)(0)
@@ -66,8 +66,9 @@ def test_options_beyond_the_recipe_start_at_their_floor_and_then_move(tmp_path):
 def test_unsafe_npo_starts_at_its_ceiling_and_lowers_harmful_answers(tmp_path):
     # (2/beta) log 2 while LoRA is a no-op; training on it alone makes the P_uu answers
     # less likely than under the base model.
-    config = tiny(tmp_path, "loss.unsafe_npo_coef=1.0", "loss.npo_beta=0.5", "loss.safe_coef=0",
-                  "loss.unsafe_coef=0", "loss.cosine_coef=0", "loss.kl_coef=0", "train.micro_batch=4",
+    config = tiny(tmp_path, "loss.repbend.unsafe_npo_coef=1.0", "loss.repbend.unsafe_npo_beta=0.5",
+                  "loss.repbend.safe_coef=0", "loss.repbend.unsafe_coef=0", "loss.repbend.cosine_coef=0",
+                  "loss.repbend.kl_coef=0", "train.micro_batch=4",
                   "train.lr=1e-2", "lora.dropout=0")
     tokenizer, model, method, streams = prepare(config)
     batches = MicroBatches(streams, 4, 0, tokenizer.pad_token_id)(0)
@@ -140,25 +141,10 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
 
 def test_unsafe_term_pushes_unsafe_states_away(tmp_path):
     # A random model's KL term holds everything in place; without it the push shows.
-    config = tiny(tmp_path, "train.steps=6", "train.lr=1e-2", "loss.kl_coef=0", "loss.safe_layers=target")
+    config = tiny(tmp_path, "train.steps=6", "train.lr=1e-2", "loss.repbend.kl_coef=0", "loss.repbend.safe_layers=target")
     distances = [row["unsafe_distance"] for row in metrics(train(config, progress=False).output_dir)]
     assert distances[0] == 0.0
     assert all(later > earlier for earlier, later in zip(distances[1:], distances[2:])), distances
-
-
-def interrupted(config, monkeypatch, at_step: int) -> None:
-    """Train ``config`` until a KeyboardInterrupt at ``at_step``: a run killed mid-way."""
-    real_step = train_module._train_step
-
-    def killed(step, *args, **kwargs):
-        if step == at_step:
-            raise KeyboardInterrupt
-        return real_step(step, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_train_step", killed)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.setattr(train_module, "_train_step", real_step)
 
 
 def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -287,8 +273,9 @@ def test_non_finite_loss_is_reported_with_its_step(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "override, error, pattern",
     [
-        ("loss.loss_mode=response_some", ConfigError, "loss_mode: 'response_some'.*response_all"),
-        ("loss.target_layers=[2,9]", ConfigError, r"layer 9 .*1\.\.4"),
+        ("loss.repbend.loss_mode=response_some", ConfigError, "loss.repbend.loss_mode: must be one of response_all.*"
+                                                               "got 'response_some'"),
+        ("loss.repbend.target_layers=[2,9]", ConfigError, r"loss.repbend.target_layers: layer 9 .*1\.\.4"),
         ("loss.method=nope", ConfigError, "nope.*repbend"),
     ],
 )

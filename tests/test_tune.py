@@ -9,13 +9,15 @@ import pytest
 import torch
 import yaml
 
+import repbend.commands.run as run_command
+import repbend.commands.tune.trials as trials
+from repbend.commands.data import build_data
+from repbend.commands.tune import parse_space, tune
 from repbend.config import load_config, to_dict
-from repbend.data import packaged
+from repbend.data import splits
+from repbend.data.benchmarks import normalise_text
 from repbend.errors import ConfigError
-from repbend.eval import run as eval_run
-from repbend.eval.benchmarks import load_benchmark, normalise_text
-from repbend.tune import parse_space, tune
-import repbend.training as train_module
+from repbend.eval import judging
 from conftest import bag_of_words
 
 
@@ -37,8 +39,8 @@ def built(tmp_path_factory):
     """One data build for the module (studies point build.output_dir at it)."""
     folder = tmp_path_factory.mktemp("build")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(packaged, "embed", bag_of_words)
-        packaged.build_data(load_config(TINY, [f"output_dir={folder}"]), progress=False)
+        patch.setattr(splits, "embed", bag_of_words)
+        build_data(load_config(TINY, [f"output_dir={folder}"]), progress=False)
     return folder / "data"
 
 
@@ -55,8 +57,8 @@ def test_space_parses_and_rejects_unknown_keys():
     dimensions = {d.key: d for d in parse_space(config.tune.space, config)}
     assert dimensions["train.lr"].log and not dimensions["train.lr"].integer
     assert dimensions["train.steps"].integer
-    assert dimensions["loss.target_layers"].labels() == ["[2, 3]", "[3]"]
-    assert dimensions["loss.target_layers"].value("[3]") == [3]
+    assert dimensions["loss.repbend.target_layers"].labels() == ["[2, 3]", "[3]"]
+    assert dimensions["loss.repbend.target_layers"].value("[3]") == [3]
     with pytest.raises(ConfigError, match=r"'train\.lrr'.*train\.lr"):
         parse_space({"train.lrr": {"low": 0.1, "high": 1.0}}, config)
     bad = [
@@ -66,8 +68,9 @@ def test_space_parses_and_rejects_unknown_keys():
         ({"train.steps": {"low": 1.5, "high": 4}}, "integer"),
         ({"train.lr": {"low": 1.0, "high": 0.1}}, "below"),
         ({"train.lr": {"low": 0.0, "high": 1.0, "log": True}}, "log"),
-        ({"loss.loss_mode": {"low": 0, "high": 1}}, "choices"),
-        ({"loss.safe_includes_refusals": {"choices": [True, "maybe"]}}, "true/false"),
+        ({"loss.repbend.loss_mode": {"low": 0, "high": 1}}, "choices"),
+        ({"loss.repbend.safe_includes_refusals": {"choices": [True, "maybe"]}}, "true/false"),
+        ({"loss.repbend.norm": {"choices": ["l2", "l3"]}}, "loss.repbend.norm: must be one of l2, squared"),
     ]
     for space, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -85,7 +88,7 @@ def test_embedded_study_config_is_the_main_jobs(tmp_path):
 
 
 def test_study_resumes_after_an_interrupt_and_writes_front_and_config(tmp_path, built, monkeypatch):
-    trained, evaluate = [], eval_run.evaluate
+    trained, evaluate = [], trials.evaluate
 
     def counting_train(config, resume=False, progress=True):
         trained.append(Path(config.output_dir).name)
@@ -97,9 +100,12 @@ def test_study_resumes_after_an_interrupt_and_writes_front_and_config(tmp_path, 
             raise KeyboardInterrupt
         return evaluate(config, progress)
 
-    real_train, interrupted = train_module.train, []
-    monkeypatch.setattr(train_module, "train", counting_train)
-    monkeypatch.setattr(eval_run, "evaluate", interrupted_evaluate)
+    real_train, interrupted = trials.train, []
+    # The trials train and evaluate through repbend.commands.tune.trials, the final run
+    # (best.yaml) through repbend.commands.run.
+    monkeypatch.setattr(trials, "train", counting_train)
+    monkeypatch.setattr(run_command, "train", counting_train)
+    monkeypatch.setattr(trials, "evaluate", interrupted_evaluate)
     out = tmp_path / "study"
     with pytest.raises(KeyboardInterrupt):
         tune(tiny(out, built, "tune.trials=2", "tune.final=false"), progress=False)
@@ -143,7 +149,7 @@ def test_trials_are_pruned_on_divergence_and_at_the_check(tmp_path, built, monke
     assert "diverged at step 2" in front["trials"][0]["pruned"]
     assert not (tmp_path / "a" / "tune" / "best.yaml").exists()
 
-    monkeypatch.setattr(eval_run, "degeneration", lambda text: "forced")  # every answer degenerate
+    monkeypatch.setattr(judging, "degeneration", lambda text: "forced")  # every answer degenerate
     checked = tune(tiny(tmp_path / "b", built, space, "tune.trials=1", "steps=3", "tune.intermediate_check_step=1",
                         "tune.max_benign_degenerate=0.5"), progress=False)
     assert checked.counts == {"pruned": 1}
@@ -151,3 +157,17 @@ def test_trials_are_pruned_on_divergence_and_at_the_check(tmp_path, built, monke
     assert row["check"] == {"step": 1, "benign_degenerate": 1.0} and "at step 1" in row["pruned"]
     saved = yaml.safe_load((tmp_path / "b" / "tune" / "trial-000" / "config.yaml").read_text())
     assert saved["train"]["steps"] == 1  # stopped at the check: never trained to 3 steps
+
+
+def test_space_keys_renamed_since_still_search_their_setting(monkeypatch):
+    from repbend import config as config_module
+
+    monkeypatch.setattr(config_module, "_WARNED", set())
+    from repbend.commands.tune.space import with_values
+
+    config = load_config(TINY)
+    with pytest.warns(FutureWarning, match="config key loss.kl_coef is deprecated; use loss.repbend.kl_coef"):
+        (dimension,) = parse_space({"loss.kl_coef": {"low": 0.1, "high": 2.0}}, config)
+    assert (dimension.key, dimension.low, dimension.integer) == ("loss.kl_coef", 0.1, False)
+    assert with_values(config, {"loss.kl_coef": 1.5}).loss.settings.kl_coef == 1.5
+    assert with_values(config, {"loss.rmu.seed": 4}).loss.section("rmu").seed == 4  # a section not there yet

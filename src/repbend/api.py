@@ -20,12 +20,12 @@ import dataclasses
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+from .commands.evaluate import EvalResult
+from .commands.evaluate import evaluate as _evaluate
+from .commands.run import DEFAULT_CONFIG, RunResult
+from .commands.run import run as _run
 from .config import Config, apply_overrides, from_dict, load_config, to_dict
 from .eval.results import EvalResults, MetricEntry, ModelSummary, Rate
-from .eval.run import EvalResult
-from .eval.run import evaluate as _evaluate
-from .pipeline import DEFAULT_CONFIG, RunResult
-from .pipeline import run as _run
 from .training import TrainResult
 from .training import train as _train
 

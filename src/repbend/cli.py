@@ -70,8 +70,8 @@ def _launch(args) -> int:
 
 def _eval(args) -> int:
     from .config import load_config
+    from .commands.evaluate import evaluate
     from .eval.report import render_markdown
-    from .eval.run import evaluate
 
     config = load_config(args.config, args.overrides)
     result = evaluate(config, progress=not args.quiet)
@@ -83,8 +83,8 @@ def _eval(args) -> int:
 
 
 def _data(args) -> int:
+    from .commands.data import build_data, summary
     from .config import load_config
-    from .data.packaged import build_data, summary
 
     config = load_config(args.config, args.overrides)
     started = time.time()
@@ -106,8 +106,8 @@ def _report(args) -> int:
 
 
 def _run(args) -> int:
+    from .commands.run import DEFAULT_CONFIG, run, summary_lines
     from .config import load_config
-    from .pipeline import DEFAULT_CONFIG, run, summary_lines
 
     overrides, path = list(args.overrides), args.config
     if path and "=" in path and not os.path.exists(path):  # `repbend run key=value`: no CONFIG given
@@ -119,7 +119,8 @@ def _run(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .analysis import analyze, summary_lines
+    from .analysis import summary_lines
+    from .commands.analyze import analyze
     from .config import load_config
 
     result = analyze(load_config(args.config, args.overrides), progress=not args.quiet)
@@ -128,8 +129,8 @@ def _analyze(args) -> int:
 
 
 def _tune(args) -> int:
+    from .commands.tune import summary_lines, tune
     from .config import load_config
-    from .tune import summary_lines, tune
 
     result = tune(load_config(args.config, args.overrides), progress=not args.quiet)
     print("\n" + "\n".join(summary_lines(result)))
@@ -137,7 +138,7 @@ def _tune(args) -> int:
 
 
 def _compare(args) -> int:
-    from .compare import compare
+    from .commands.compare import compare
     from .config import load_config
 
     config = load_config(args.config, args.overrides)

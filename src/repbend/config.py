@@ -1,25 +1,38 @@
 """Typed configuration: dataclasses, YAML files and ``key=value`` overrides.
 
 A config file is a YAML mapping whose sections mirror :class:`Config`. Overrides use
-dotted keys (``train.lr=1e-4``, ``loss.target_layers=[10,20]``); a few common keys have
-top-level shortcuts (``output_dir``, ``steps``, ``model``). Unknown keys are errors that
+dotted keys (``train.lr=1e-4``, ``loss.repbend.target_layers=[10,20]``); a few common keys
+have top-level shortcuts (``output_dir``, ``steps``, ``model``). Unknown keys are errors that
 list the closest valid keys, so a typo never silently trains the wrong recipe.
+
+Each training method's own settings are a dataclass registered with its loss
+(:func:`repbend.methods.register_method`), read from the loss section named after the
+method: ``loss: {method: rmu, rmu: {steering_coef: 120}}``. Keys renamed since (the flat
+``loss.cb_alpha``, ``loss.kl_coef``, ...) still work, with a warning: see :data:`RENAMED`.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
+from . import goals
 from .atomic import write_text
 from .errors import ConfigError
 from .resources import find_config, shipped_path
+
+# Hidden-state indices or decoder blocks: "auto" (the setting's default band), "all", or a
+# list of indices.
+Layers = Union[list, Literal["auto", "all"]]
 
 
 @dataclass
@@ -39,7 +52,7 @@ class ModelConfig:
     tokenizer: Optional[str] = None
     # A Jinja chat template (text, or a path to a file) for tokenizers that lack one.
     chat_template: Optional[str] = None
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
     seed: int = 42  # for random_init weights
@@ -54,21 +67,22 @@ class LoraSettings:
     target_modules: Union[list, str] = "all-linear"
     # Which decoder blocks get LoRA: "auto" = blocks 0..max loss layer,
     # "all", or an explicit list of block indices.
-    layers: Union[list, str] = "auto"
+    layers: Layers = "auto"
 
 
 @dataclass
 class SourceConfig:
     path: str = ""
-    # auto | generic | wildguardmix | wildjailbreak | ultrachat
+    # "auto" (told by the first record's keys) or a layout of repbend.data.readers.LAYOUTS
+    # (generic, wildguardmix, wildjailbreak, ultrachat, ...), checked where sources are read.
     layout: str = "auto"
     # Restrict a source to some sets (e.g. only "retain"); empty = all it yields.
-    kinds: list = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DataConfig:
-    sources: list = field(default_factory=list)  # of SourceConfig
+    sources: list[SourceConfig] = field(default_factory=list)
     max_safe: Optional[int] = None
     max_unsafe_safe: Optional[int] = None
     max_unsafe_unsafe: Optional[int] = None
@@ -89,61 +103,45 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    method: str = "repbend"
-    # Which tokens the two distance terms read: response_all | prompt_last |
-    # prompt_all | prompt_response.
-    loss_mode: str = "response_all"
-    # Hidden-state indices (0 = embeddings, i = output of block i) for the unsafe and
-    # cosine terms: "auto" scales the recipe's 20..30 of 32 to the model's depth.
-    target_layers: Union[list, str] = "auto"
-    safe_layers: str = "all"  # all | target
-    safe_coef: float = 0.5
-    unsafe_coef: float = 0.5
-    cosine_coef: float = 0.1
-    kl_coef: float = 0.3
-    paired_coef: float = 0.0  # eta
-    paired_positions: int = 20
-    norm: str = "l2"  # l2 (recipe) | squared (the paper's 1/2 ||.||^2)
-    kl_temperature: float = 2.0
-    kl_reduction: str = "batchmean"  # batchmean (recipe) | token_mean
-    cosine_rows: str = "unsafe"  # unsafe (recipe) | unsafe_and_refusal (Algorithm 1)
-    cosine_positions: str = "prompt_last"
-    # Options beyond the recipe (off there): a cap on the unsafe distance so it stops
-    # pushing once far enough, and a refusal cross-entropy term on P_us responses.
-    unsafe_distance_cap: Optional[float] = None
-    refusal_ce_coef: float = 0.0
-    # KL(base || LoRA) on P_s responses, the first token included: keeps the answer-or-
-    # refuse choice on benign prompts where the base model had it.
-    safe_kl_coef: float = 0.0
-    # NPO on P_uu answers (the output-level twin of d_u, beta = npo_beta): pushes their
-    # likelihood below the base model's, saturating once it is (Zhang et al. 2024).
-    unsafe_npo_coef: float = 0.0
-    # Leave P_us rows out of the safe distance (they are still used by other terms).
-    safe_includes_refusals: bool = True
+    """The training loss: ``method`` names a registered method (``repbend``, the baselines
+    ``circuit_breaker``, ``rmu``, ``npo``, ``dpo``, ``refusal_sft``, ``task_arithmetic``, or
+    one registered with :func:`repbend.methods.register_method`). A method's own settings
+    are the loss section named after it, parsed into the settings class it registered with
+    its loss (``loss: {method: rmu, rmu: {steering_coef: 120}}``): its own section is always
+    there (defaults filled in); a config may also hold other methods' sections. Settings
+    that the common terms of several methods read stay here."""
 
-    # Baselines, each on the same training loop; a method reads only its group.
-    # Weight of the retain cross-entropy of npo (NPO-RT) and refusal_sft.
+    method: str = "repbend"
+    # Weight of the retain cross-entropy of npo (NPO-RT) and refusal_sft (task arithmetic's
+    # safe run is a refusal_sft run).
     retain_coef: float = 1.0
-    # circuit_breaker: ReLU(cos(h', h)) on harmful text at cb_target_layers ("auto": 10
-    # and 20 of 32, scaled to depth) plus the L2 retain distance on every hidden state up
-    # to the highest of them; at optimizer step t of T the breaker weighs
-    # cb_alpha * (1 - t/(2T)) and the retain term cb_alpha * t/(2T) (CB's launch: 10).
-    cb_alpha: float = 10.0
-    cb_target_layers: Union[list, str] = "auto"
-    # rmu: hidden states at rmu_layer ("auto": index 8 of 32, the output of RMU's module 7,
-    # scaled) on harmful text pushed to rmu_steering_coef times a fixed random unit
-    # direction drawn with rmu_seed; on retain text the mean squared distance to the
-    # frozen model, weighted rmu_retain_coef (RMU's launch: 6.5 and 1200).
-    rmu_layer: Union[int, str] = "auto"
-    rmu_steering_coef: float = 6.5
-    rmu_retain_coef: float = 1200.0
-    rmu_seed: int = 0
-    # npo and dpo: the inverse temperature beta of the log-ratio against the frozen model.
-    npo_beta: float = 0.1
-    dpo_beta: float = 0.1
-    # task_arithmetic: theta0 + ta_safe_weight * tau_safe - ta_unsafe_weight * tau_unsafe.
-    ta_safe_weight: float = 0.5
-    ta_unsafe_weight: float = 0.1
+    # Method name -> its settings. In a file each is a section of loss named after its
+    # method, never a "sections" key (see to_dict).
+    sections: dict = field(default_factory=dict, metadata={"method_sections": True})
+
+    def __post_init__(self):
+        own = method_settings(self.method)  # an unknown method fails here, listing the known ones
+        given = {name: _section(name, value) for name, value in self.sections.items()}
+        if own is not None and self.method not in given:
+            given[self.method] = own()
+        # Copies (not the caller's objects), the method's own section first.
+        self.sections = dict(sorted(given.items(), key=lambda item: item[0] != self.method))
+
+    @property
+    def settings(self):
+        """The method's own settings (None for a method without any, e.g. refusal_sft)."""
+        return self.sections.get(self.method)
+
+    def section(self, name: str):
+        """The settings of method ``name``: this config's section of it, or its defaults."""
+        if name in self.sections:
+            return self.sections[name]
+        return _section(name, {})
+
+    def with_settings(self, **changes) -> LossConfig:
+        """A copy with the method's own settings changed: ``loss.with_settings(beta=0.2)``."""
+        changed = dataclasses.replace(self.section(self.method), **changes)
+        return dataclasses.replace(self, sections={**self.sections, self.method: changed})
 
 
 @dataclass
@@ -152,11 +150,11 @@ class TrainConfig:
     micro_batch: int = 4  # items per micro-batch (each item: one row of every set)
     grad_accum: int = 4
     lr: float = 1e-5
-    scheduler: str = "constant"  # constant | linear | cosine
+    scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 1.0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     seed: int = 42
     save_every: int = 50
@@ -170,6 +168,16 @@ class TrainConfig:
     divergence_window: int = 10
     save_merged: bool = False
     num_threads: Optional[int] = None
+    # Experiment trackers that also receive metrics.jsonl's numbers (one point per
+    # optimizer step) and the resolved config, through accelerate: "none" (default), one of
+    # tensorboard | wandb | mlflow | comet_ml | aim | clearml | dvclive, or a list of them.
+    # Each needs its package installed. tensorboard and aim write under
+    # <output_dir>/trackers/ (tensorboard: <output_dir>/trackers/repbend/, so
+    # `tensorboard --logdir <output_dir>/trackers`), dvclive under
+    # <output_dir>/trackers/dvclive/; wandb, mlflow, comet_ml and clearml go where their
+    # own settings send them (e.g. WANDB_MODE=offline, MLFLOW_TRACKING_URI). Free to
+    # change on --resume.
+    report_to: Optional[Union[list, str]] = "none"
 
 
 @dataclass
@@ -184,16 +192,26 @@ class BenchmarkSpec:
     role: Optional[str] = None
 
 
+# The offline capability tasks' items (repbend.eval.capability.tasks): all, or the dev or
+# test half.
+CAPABILITY_SPLITS = ("all", "dev", "test")
+
+
+def check_capability_split(split: str) -> None:
+    if split not in CAPABILITY_SPLITS:
+        raise ConfigError(f"eval.capability_split: {split!r} is not one of {', '.join(CAPABILITY_SPLITS)}")
+
+
 @dataclass
 class EvalConfig:
-    benchmarks: list = field(default_factory=list)  # of BenchmarkSpec
+    benchmarks: list[BenchmarkSpec] = field(default_factory=list)
     # Adapter folders (PEFT) or merged model folders compared with the base model.
     adapters: list = field(default_factory=list)
     include_base: bool = True
     judge: str = "default"
     judge_options: dict = field(default_factory=dict)
     attack_options: dict = field(default_factory=dict)  # attack name -> its options
-    backend: str = "hf"  # hf | vllm | endpoint
+    backend: Literal["hf", "vllm", "endpoint"] = "hf"
     # hf backend: fold the LoRA weights into the evaluated copy (same model, no per-layer
     # adapter detour: generation about 10 % faster on CPU); false keeps the PEFT wrapper.
     merge_adapter: bool = True
@@ -217,10 +235,7 @@ class EvalConfig:
     output_dir: Optional[str] = None  # default: <output_dir>/eval
 
     def __post_init__(self):
-        # The splits live with the tasks; imported here so that importing config does not import eval.
-        from .eval.capability import check_split
-
-        check_split(self.capability_split)
+        check_capability_split(self.capability_split)
 
 
 @dataclass
@@ -230,7 +245,7 @@ class BuildConfig:
     dev (every choice of a default, sweep or tuning run reads it) and test (read only by
     the final evaluation of `repbend run` / `repbend compare`)."""
 
-    # Prompt sources: registered benchmarks or the builder's own (`repbend.data.packaged`).
+    # Prompt sources: registered benchmarks or the builder's own (`repbend.data.sources`).
     train_harmful: list = field(default_factory=lambda: ["advbench_pkg", "uncensorbench_pkg", "rho_harmful_pkg"])
     heldout_harmful: list = field(default_factory=lambda: ["harmbench_pkg", "strongreject_pkg"])
     benign: list = field(default_factory=list)  # benign prompt sources; empty = the builder's default pool
@@ -271,7 +286,7 @@ class AnalysisConfig:
     unsafe_path: Optional[str] = None
     adapter: Optional[str] = None  # adapter folder or training run folder; None = OUTPUT_DIR/adapter
     limit: Optional[int] = 40  # prompts per group (seeded sample)
-    layers: Union[list, str] = "all"  # hidden-state indices: "all" (0..L), "auto" or a list
+    layers: Layers = "all"  # hidden-state indices: "all" (0..L), "auto" or a list
     positions: int = 6  # last prompt positions in the logit-lens heat maps
     max_answer_tokens: int = 8  # response tokens in the heat maps (generated or teacher-forced)
     # Teacher-forced answer when neither the unsafe set (target) nor P_uu has one.
@@ -282,13 +297,13 @@ class AnalysisConfig:
 
 @dataclass
 class TuneConfig:
-    """`repbend tune`: a multi-objective Optuna search over training settings (see tune.py)."""
+    """`repbend tune`: a multi-objective Optuna search over training settings (see repbend.commands.tune)."""
 
     trials: int = 8  # finished (complete or pruned) trials the study should hold
     timeout_minutes: Optional[float] = None  # no new trial starts after this (None = no limit)
     storage: Optional[str] = None  # an Optuna storage URL; None = sqlite:///OUTPUT_DIR/tune/study.db
     study_name: str = "repbend"
-    sampler: str = "tpe"  # tpe | nsga2
+    sampler: Literal["tpe", "nsga2"] = "tpe"
     startup_trials: int = 4  # random trials before the sampler models the results
     seed: int = 0
     n_jobs: int = 1  # trials run at once (threads in one process)
@@ -296,10 +311,11 @@ class TuneConfig:
     space: dict = field(default_factory=dict)
     enqueue: list = field(default_factory=list)  # points (space key -> value) tried first
     # The best point: helpfulness and over-refusal compliance at least these shares of
-    # the base model's, degenerate shares at most these (None = no bound).
-    min_helpful_ratio: Optional[float] = 0.95
-    min_overrefusal_ratio: Optional[float] = 0.85
-    max_benign_degenerate: Optional[float] = 0.03
+    # the base model's, degenerate shares at most these (None = no bound); by default the
+    # main job's goals (repbend.goals).
+    min_helpful_ratio: Optional[float] = goals.MIN_HELPFUL_RATIO
+    min_overrefusal_ratio: Optional[float] = goals.MIN_OVER_REFUSAL_RATIO
+    max_benign_degenerate: Optional[float] = goals.MAX_BENIGN_DEGENERATE
     max_harmful_degenerate: Optional[float] = None
     # The tuning sets: seeded samples of the build's dev split (never its test split).
     harmful_prompts: int = 30
@@ -349,6 +365,7 @@ class Config:
 ALIASES = {"steps": "train.steps", "lr": "train.lr", "model": "model.name_or_path", "seed": "train.seed"}
 
 
+@functools.cache
 def _field_types(cls) -> dict:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -370,7 +387,14 @@ def _coerce(value: Any, annotation, key: str):
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: value {value!r} fits none of {annotation}")
+        raise ConfigError(f"{key}: expected {_describe(annotation)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if any(value == choice and type(value) is type(choice) for choice in choices):
+            return value
+        raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        return value if isinstance(value, annotation) else _build(annotation, value, f"{key}.")
     if annotation is Any:
         return value
     if annotation is bool:
@@ -398,94 +422,240 @@ def _coerce(value: Any, annotation, key: str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if annotation in (list, dict) or origin in (list, dict):
         expected = origin or annotation
-        if isinstance(value, expected):
-            return value
-        raise ConfigError(f"{key}: expected a {expected.__name__}, got {value!r}")
+        if not isinstance(value, expected):
+            raise ConfigError(f"{key}: expected a {expected.__name__}, got {value!r}")
+        if origin is list:  # list[item type]: each item checked (and a dataclass built) like a field
+            (item,) = typing.get_args(annotation)
+            return [_coerce(entry, item, f"{key}[{i}]") for i, entry in enumerate(value)]
+        return value
     raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def _describe(annotation) -> str:
+    """What a value of ``annotation`` looks like, for error messages."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(annotation))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(annotation)))
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping", type(None): "null"}
+    return names.get(origin or annotation, str(annotation))
 
 
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    if cls is LossConfig:
+        data = _upgrade_loss(data)
     types_ = _field_types(cls)
-    kwargs = {}
+    spread = _sections_field(cls)  # LossConfig.sections: its entries are keys named after methods
+    sections = method_settings_classes() if spread else {}
+    kwargs = {spread: {}} if spread else {}
     for key, value in data.items():
         full = f"{prefix}{key}"
-        if key not in types_:
+        if key in sections:
+            kwargs[spread][key] = _build(sections[key], value or {}, f"{full}.")
+        elif key not in types_ or key == spread:
             raise ConfigError(unknown_key(full, all_keys(cls, prefix)))
-        annotation = types_[key]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[key] = _build(annotation, value or {}, f"{full}.")
-        elif (cls.__name__, key) in _LIST_FIELDS:
-            item_cls = _LIST_FIELDS[(cls.__name__, key)]
-            if not isinstance(value, list):
-                raise ConfigError(f"{full}: expected a list, got {value!r}")
-            kwargs[key] = [
-                item if isinstance(item, item_cls) else _build(item_cls, item, f"{full}[{i}].")
-                for i, item in enumerate(value)
-            ]
+        elif dataclasses.is_dataclass(types_[key]):
+            kwargs[key] = _build(types_[key], value or {}, f"{full}.")
         else:
-            kwargs[key] = _coerce(value, annotation, full)
+            kwargs[key] = _coerce(value, types_[key], full)
     built = cls(**kwargs)
-    _check_ranges(built, prefix)
+    _check_rules(built, _RULES.get(cls.__name__, {}), prefix)
     return built
 
 
-_LIST_FIELDS = {("DataConfig", "sources"): SourceConfig, ("EvalConfig", "benchmarks"): BenchmarkSpec}
+# Range rules: (check, description) pairs for _RULES and the methods' settings classes
+# (MethodSettings.rules); choices are Literal annotations.
 
 
-def _at_least(low):
+def at_least(low):
     return lambda value: value >= low, f"must be >= {low}"
 
 
-def _above(low):
+def above(low):
     return lambda value: value > low, f"must be > {low}"
 
 
-def _interval(low, high, bounds: str):
+def interval(low, high, bounds: str):
     """``bounds`` is "[)", "(]", "()" or "[]": which ends belong to the interval."""
-    above = (lambda v: v >= low) if bounds[0] == "[" else (lambda v: v > low)
-    below = (lambda v: v <= high) if bounds[1] == "]" else (lambda v: v < high)
-    return lambda value: above(value) and below(value), f"must be in {bounds[0]}{low}, {high}{bounds[1]}"
+    low_ok = (lambda v: v >= low) if bounds[0] == "[" else (lambda v: v > low)
+    high_ok = (lambda v: v <= high) if bounds[1] == "]" else (lambda v: v < high)
+    return lambda value: low_ok(value) and high_ok(value), f"must be in {bounds[0]}{low}, {high}{bounds[1]}"
 
 
-def _one_of(*choices):
-    return lambda value: value in choices, "must be one of " + ", ".join(choices)
+# The experiment trackers train.report_to may name (accelerate's log_with values).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 
 
-# Ranges and choices of numeric and enumerated settings, checked at load so a bad value is
+def _trackers():
+    """none, one tracker, or a list of trackers (none alone)."""
+
+    def valid(value) -> bool:
+        names = [value] if isinstance(value, str) else value
+        if names == ["none"]:
+            return True
+        return all(isinstance(name, str) and name in TRACKERS for name in names)
+
+    return valid, "must be none, or one or a list of " + ", ".join(TRACKERS)
+
+
+# Ranges of numeric settings (and checks beyond a type), checked at load so a bad value is
 # named with its file and key instead of failing deep in torch (None passes: "off").
+# Enumerated settings are Literal annotations, checked with their types.
 _RULES = {
-    "LoraSettings": {"r": _at_least(1), "alpha": _above(0), "dropout": _interval(0, 1, "[)")},
-    "DataConfig": {"max_prompt_tokens": _at_least(1), "max_response_tokens": _at_least(1),
-                   "max_retain_tokens": _at_least(1), "recovery_fraction": _interval(0, 1, "[]"),
-                   "recovery_max_words": _at_least(1), "max_safe": _at_least(0), "max_unsafe_safe": _at_least(0),
-                   "max_unsafe_unsafe": _at_least(0), "max_retain": _at_least(0)},
-    "TrainConfig": {"steps": _at_least(1), "micro_batch": _at_least(1), "grad_accum": _at_least(1),
-                    "lr": _above(0), "scheduler": _one_of("constant", "constant_with_warmup", "linear", "cosine"),
-                    "warmup_steps": _at_least(0), "weight_decay": _at_least(0), "max_grad_norm": _above(0),
-                    "precision": _one_of("auto", "fp32", "bf16", "fp16"), "save_every": _at_least(1),
-                    "keep_checkpoints": _at_least(0), "log_every": _at_least(1), "max_unsafe_distance": _above(0),
-                    "divergence_factor": _above(1), "divergence_window": _at_least(1), "num_threads": _at_least(1)},
-    "EvalConfig": {"max_new_tokens": _at_least(1), "batch_size": _at_least(1), "max_batch_tokens": _at_least(1)},
-    "BuildConfig": {"dev_fraction": _interval(0, 1, "()"), "heldout_benign_fraction": _interval(0, 1, "()"),
-                    "near_duplicate_cosine": _interval(0, 1, "(]"), "max_new_tokens": _at_least(1),
-                    "batch_size": _at_least(1), "temperature": _above(0)},
+    "LoraSettings": {"r": at_least(1), "alpha": above(0), "dropout": interval(0, 1, "[)")},
+    "LossConfig": {"retain_coef": at_least(0)},
+    "DataConfig": {"max_prompt_tokens": at_least(1), "max_response_tokens": at_least(1),
+                   "max_retain_tokens": at_least(1), "recovery_fraction": interval(0, 1, "[]"),
+                   "recovery_max_words": at_least(1), "max_safe": at_least(0), "max_unsafe_safe": at_least(0),
+                   "max_unsafe_unsafe": at_least(0), "max_retain": at_least(0)},
+    "TrainConfig": {"steps": at_least(1), "micro_batch": at_least(1), "grad_accum": at_least(1), "lr": above(0),
+                    "warmup_steps": at_least(0), "weight_decay": at_least(0), "max_grad_norm": above(0),
+                    "save_every": at_least(1), "keep_checkpoints": at_least(0), "log_every": at_least(1),
+                    "max_unsafe_distance": above(0), "divergence_factor": above(1), "divergence_window": at_least(1),
+                    "num_threads": at_least(1), "report_to": _trackers()},
+    "EvalConfig": {"max_new_tokens": at_least(1), "batch_size": at_least(1), "max_batch_tokens": at_least(1)},
+    "BuildConfig": {"dev_fraction": interval(0, 1, "()"), "heldout_benign_fraction": interval(0, 1, "()"),
+                    "near_duplicate_cosine": interval(0, 1, "(]"), "max_new_tokens": at_least(1),
+                    "batch_size": at_least(1), "temperature": above(0)},
 }
 
 
-def _check_ranges(obj, prefix: str) -> None:
-    for name, (valid, rule) in _RULES.get(type(obj).__name__, {}).items():
+def _check_rules(obj, rules: dict, prefix: str) -> None:
+    for name, (valid, rule) in rules.items():
         value = getattr(obj, name)
         if value is not None and not valid(value):
             raise ConfigError(f"{prefix}{name}: {rule}, got {value!r}")
 
 
+class MethodSettings:
+    """Base of a training method's own settings: a dataclass registered with its loss
+    (``@register_method("rmu", settings=RMUSettings)``, :mod:`repbend.methods`) and read
+    from the loss section named after the method. ``__post_init__`` checks every field's
+    type (``Literal`` choices included) and ``rules`` (field -> a rule such as
+    ``above(0)``), naming the full key, so a settings object is valid however it was made:
+    from a file, an override or in Python."""
+
+    section: ClassVar[str] = ""  # "loss.<method>": set by register_method
+    rules: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        prefix = f"{self.section or type(self).__name__}."
+        for name, annotation in _field_types(type(self)).items():
+            setattr(self, name, _coerce(getattr(self, name), annotation, prefix + name))
+        _check_rules(self, self.rules, prefix)
+
+
+# Method name -> its settings class (None: no settings of its own), filled by
+# :func:`repbend.methods.register_method` as each method's module is imported.
+METHOD_SETTINGS: dict = {}
+# The built-in methods' package: imported by name when a config is read, the way a plugin
+# registry discovers its entries, so that this lowest layer imports no method module.
+BUILTIN_METHODS = "repbend.methods"
+
+
+def registered_methods() -> dict:
+    """Every registered method name -> its settings class (None: it has none)."""
+    importlib.import_module(BUILTIN_METHODS)
+    return METHOD_SETTINGS
+
+
+def method_settings(method: str):
+    """The settings class registered with ``method`` (None: it has no settings of its own);
+    an unknown method is an error listing the registered ones."""
+    methods = registered_methods()
+    if method not in methods:
+        raise ConfigError(f"loss.method {method!r} is unknown; available: {', '.join(sorted(methods))}")
+    return methods[method]
+
+
+def method_settings_classes() -> dict:
+    """Registered method name -> its settings class, for the methods that have one."""
+    return {name: cls for name, cls in registered_methods().items() if cls is not None}
+
+
+def _section(method: str, value):
+    """A copy of ``value`` (settings or a mapping of them) as method's settings class."""
+    cls = method_settings(method)
+    if cls is None:
+        raise ConfigError(f"loss.{method}: method {method} has no settings of its own")
+    if isinstance(value, cls):
+        return dataclasses.replace(value)
+    return _build(cls, value, f"loss.{method}.")
+
+
+def _sections_field(cls):
+    """The field that holds method sections (LossConfig.sections), or None."""
+    return next((f.name for f in dataclasses.fields(cls) if f.metadata.get("method_sections")), None)
+
+
+# Keys renamed since (old key -> the keys it sets now), still read with a warning once per
+# key: the flat loss section before each method had its own. npo_beta was the beta of the
+# npo method and of RepBend's NPO term alike.
+RENAMED = {
+    "loss.cb_alpha": ("loss.circuit_breaker.alpha",),
+    "loss.cb_target_layers": ("loss.circuit_breaker.target_layers",),
+    "loss.rmu_layer": ("loss.rmu.layer",),
+    "loss.rmu_steering_coef": ("loss.rmu.steering_coef",),
+    "loss.rmu_retain_coef": ("loss.rmu.retain_coef",),
+    "loss.rmu_seed": ("loss.rmu.seed",),
+    "loss.npo_beta": ("loss.npo.beta", "loss.repbend.unsafe_npo_beta"),
+    "loss.dpo_beta": ("loss.dpo.beta",),
+    "loss.ta_safe_weight": ("loss.task_arithmetic.safe_weight",),
+    "loss.ta_unsafe_weight": ("loss.task_arithmetic.unsafe_weight",),
+    **{f"loss.{name}": (f"loss.repbend.{name}",) for name in (
+        "loss_mode", "target_layers", "safe_layers", "safe_coef", "unsafe_coef", "cosine_coef", "kl_coef",
+        "paired_coef", "paired_positions", "norm", "kl_temperature", "kl_reduction", "cosine_rows",
+        "cosine_positions", "unsafe_distance_cap", "refusal_ce_coef", "safe_kl_coef", "unsafe_npo_coef",
+        "safe_includes_refusals")},
+}
+_WARNED: set = set()  # renamed keys already warned about in this process
+
+
+def current_keys(key: str, warn: bool = True, where: str = "") -> tuple:
+    """The keys that ``key`` sets: itself, or the new keys of a renamed one (RENAMED), with
+    a FutureWarning once per key (a DeprecationWarning is hidden outside __main__, so a
+    command-line user would never see it). ``where``: the file or override, for the message."""
+    if key not in RENAMED:
+        return (key,)
+    if warn and key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"{where}config key {key} is deprecated; use {' and '.join(RENAMED[key])}", FutureWarning,
+                      stacklevel=2)
+    return RENAMED[key]
+
+
+def _upgrade_loss(loss, warn: bool = True, where: str = ""):
+    """A raw loss mapping with renamed keys moved into their method sections (a new
+    mapping; the argument is left as it was). A renamed key and its new key with another
+    value in the same mapping is an error."""
+    if not isinstance(loss, dict) or not any(f"loss.{key}" in RENAMED for key in loss):
+        return loss
+    upgraded = {key: value for key, value in loss.items() if f"loss.{key}" not in RENAMED}
+    for key, value in loss.items():
+        if f"loss.{key}" not in RENAMED:
+            continue
+        for target in current_keys(f"loss.{key}", warn, where):
+            _, section, name = target.split(".")
+            given = loss.get(section) if isinstance(loss.get(section), dict) else {}
+            if name in given and given[name] != value:
+                raise ConfigError(f"loss.{key} (renamed {target}) and {target} are both given, with different values")
+            upgraded[section] = {**(upgraded.get(section) or {}), name: value}
+    return upgraded
+
+
 def all_keys(cls, prefix: str = "") -> list:
-    """Every dotted leaf key of a config dataclass."""
+    """Every dotted leaf key of a config dataclass (of LossConfig: every registered
+    method's settings, ``loss.<method>.<setting>``)."""
     keys = []
     for name, annotation in _field_types(cls).items():
-        if dataclasses.is_dataclass(annotation):
+        if name == _sections_field(cls):
+            for method, settings in method_settings_classes().items():
+                keys += all_keys(settings, f"{prefix}{method}.")
+        elif dataclasses.is_dataclass(annotation):
             keys += all_keys(annotation, f"{prefix}{name}.")
         else:
             keys.append(f"{prefix}{name}")
@@ -493,11 +663,13 @@ def all_keys(cls, prefix: str = "") -> list:
 
 
 def field_annotation(key: str):
-    """The type annotation of the config field at dotted ``key`` (e.g. ``train.lr``)."""
-    *sections, name = key.split(".")
+    """The type annotation of the config field at dotted ``key`` (e.g. ``train.lr``,
+    ``loss.rmu.steering_coef``; a renamed key: of its first new key)."""
+    *sections, name = current_keys(key)[0].split(".")
     cls = Config
     for section in sections:
-        cls = _field_types(cls)[section]
+        types_ = _field_types(cls)
+        cls = types_[section] if section in types_ else method_settings_classes()[section]
     return _field_types(cls)[name]
 
 
@@ -523,21 +695,30 @@ def parse_override(text: str) -> tuple:
 
 def apply_overrides(data: dict, overrides: list) -> dict:
     """Apply ``key=value`` overrides to a raw (not yet typed) config mapping."""
-    valid = all_keys(Config)
+    if isinstance(data.get("loss"), dict):
+        data["loss"] = _upgrade_loss(data["loss"])
     for text in overrides:
         key, value = parse_override(text)
-        if key not in valid and not any(v.startswith(key + ".") for v in valid):
+        set_value(data, key, value, f"override {text!r}")
+    return data
+
+
+def set_value(data: dict, key: str, value, where: str = "") -> None:
+    """Set dotted ``key`` (a section, a setting, an alias or a renamed key) in a raw config
+    mapping, creating the sections on the way."""
+    valid = all_keys(Config)
+    for target in current_keys(ALIASES.get(key, key), where=f"{where}: " if where else ""):
+        if target not in valid and not any(v.startswith(target + ".") for v in valid):
             raise ConfigError(unknown_key(key, valid + list(ALIASES)))
         node = data
-        parts = key.split(".")
+        parts = target.split(".")
         for part in parts[:-1]:
             if node.get(part) is None:  # an empty YAML section reads as null
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {part} is not a section")
+                raise ConfigError(f"{where or key}: {part} is not a section")
         node[parts[-1]] = value
-    return data
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple | list = ()) -> Config:
@@ -572,13 +753,28 @@ def _read_with_includes(path: Path, seen: tuple) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    data = _resolve_paths(data, path.parent)
+    try:
+        data = _upgraded(_resolve_paths(data, path.parent), f"{path}: ")
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     include = data.pop("include", None)
     if include is None:
         return data
     if not isinstance(include, str):
         raise ConfigError(f"{path}: include: expected one file name, got {include!r}")
     return _merged(_read_with_includes(path.parent / include, (*seen, path.resolve())), data)
+
+
+def merged_config(base: dict, top: dict) -> dict:
+    """``top`` laid over ``base`` (raw config mappings), mappings merged key by key as
+    ``include:`` does; renamed loss keys in either are moved into their sections first."""
+    return _merged(_upgraded(base), _upgraded(top))
+
+
+def _upgraded(data: dict, where: str = "") -> dict:
+    if not isinstance(data.get("loss"), dict):
+        return data
+    return {**data, "loss": _upgrade_loss(data["loss"], where=where)}
 
 
 def _merged(base: dict, top: dict) -> dict:
@@ -608,7 +804,11 @@ def _resolve_paths(data: dict, base: Path) -> dict:
 
 
 def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    """The config as plain data, what config.yaml holds: each method's settings a section
+    of loss named after the method."""
+    data = dataclasses.asdict(config)
+    data["loss"].update(data["loss"].pop(_sections_field(LossConfig)))
+    return data
 
 
 def from_dict(data: dict) -> Config:
@@ -637,9 +837,21 @@ def changed_training_settings(saved_path: Path, config: Config) -> dict:
         return {}
     saved = yaml.safe_load(saved_path.read_text()) or {}
     current = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))
-    old = _flat({section: saved.get(section) or {} for section in TRAINING_SECTIONS})
-    new = _flat({section: current[section] for section in TRAINING_SECTIONS})
+    old, new = _flat(_trained_settings(saved)), _flat(_trained_settings(current))
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
+
+
+def _trained_settings(data: dict) -> dict:
+    """The training sections of a config mapping; of the loss only what its method reads,
+    the shared settings and the method's own section (another method's section changes
+    nothing trained). A config saved before the per-method sections reads as the same
+    settings in today's keys."""
+    sections = {section: data.get(section) or {} for section in TRAINING_SECTIONS}
+    loss = _upgrade_loss(sections["loss"], warn=False)
+    shared = set(_field_types(LossConfig)) - {_sections_field(LossConfig)}
+    method = loss.get("method", LossConfig.method)
+    sections["loss"] = {key: value for key, value in loss.items() if key in shared or key == method}
+    return sections
 
 
 def save_config(config: Config, path: str | Path) -> None:

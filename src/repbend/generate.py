@@ -23,6 +23,7 @@ import torch
 from .cache import file_digest, folder_digest
 from .chat_api import ChatClient
 from .errors import ConfigError, RepbendError
+from .models import EMBEDDED, _weights_source, embedded_gguf, load_model, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,6 @@ def digest(value) -> str:
 def weights_identity(model_config) -> dict:
     """What the weights are: local files by content (a GGUF or a folder rewritten in place
     gets a new identity), a hub model by the commit its revision resolved to."""
-    from .models import EMBEDDED, embedded_gguf
-
     name = model_config.name_or_path
     if model_config.random_init is not None:
         return {"random_init": model_config.random_init, "seed": model_config.seed}
@@ -142,8 +141,6 @@ class HFBackend:
     def load(cls, model_config, adapter: str | None = None, merge: bool = False) -> "HFBackend":
         """``merge`` folds the adapter into the weights (faster generation); callers that
         need ``disable_adapter()`` (the analysis) keep it unmerged."""
-        from .models import load_model, load_tokenizer
-
         tokenizer = load_tokenizer(model_config)
         model = load_model(model_config, tokenizer)
         setup = {"weights": weights_identity(model_config), "revision": model_config.revision,
@@ -174,8 +171,6 @@ class HFBackend:
         texts = [None] * len(prompts)
         with_embeds = [i for i, p in enumerate(prompts) if p.embeds is not None]
         if with_embeds:
-            from .eval.attacks.embedding import generate_from_embeds
-
             outputs = generate_from_embeds(
                 self.model, self.tokenizer, [prompts[i].embeds for i in with_embeds], settings.max_new_tokens
             )
@@ -215,6 +210,29 @@ class HFBackend:
         return [tokenizer.decode(cut_at_stop(row, self.stop_ids), skip_special_tokens=True) for row in new_tokens]
 
 
+@torch.no_grad()
+def generate_from_embeds(model, tokenizer, embeds_list: list, max_new_tokens: int = 512) -> list[str]:
+    """Greedy continuations of prompts given as input embeddings ([T_i, D] each), in one
+    batch: left-padded with zero vectors that the attention mask hides."""
+    weight = model.get_input_embeddings().weight
+    longest = max(len(embeds) for embeds in embeds_list)
+    inputs = torch.zeros(len(embeds_list), longest, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    attention_mask = torch.zeros(len(embeds_list), longest, dtype=torch.long, device=weight.device)
+    for i, embeds in enumerate(embeds_list):
+        inputs[i, longest - len(embeds) :] = embeds.to(weight.device, weight.dtype)
+        attention_mask[i, longest - len(embeds) :] = 1
+    # Given only embeddings, generate returns only the new tokens.
+    output = model.generate(
+        inputs_embeds=inputs,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in output]
+
+
 class VLLMBackend:
     """vLLM (``pip install repbend[vllm]``, GPU only); adapters through LoRARequest. Prompts
     are rendered and tokenized by the same tokenizer as the HF backend (model.tokenizer,
@@ -227,8 +245,6 @@ class VLLMBackend:
             from vllm import LLM
         except ImportError:
             raise ConfigError("the vllm backend needs the extra: pip install 'repbend[vllm]' (GPU only)") from None
-        from .models import _weights_source, load_tokenizer
-
         if model_config.random_init is not None:
             raise ConfigError("the vllm backend loads weights from a folder or the hub; model.random_init is hf only")
         path, extra = _weights_source(model_config)  # a GGUF becomes its dequantized folder

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from .eval.results import EvalResults
-from .eval.types import HARMFUL
+from .types import HARMFUL
 
 
 def _pyplot():
@@ -73,7 +73,7 @@ def rates_by_attack(results: EvalResults, png: Path, expected: str = HARMFUL) ->
 
 
 def tuning_front(rows: list, front: set, base: dict, best, png: Path) -> Path:
-    """A tuning study's completed trials (:class:`repbend.tune.TrialRow`): harmful
+    """A tuning study's completed trials (:class:`repbend.commands.tune.trials.TrialRow`): harmful
     compliance against helpfulness, coloured by over-refusal compliance; the Pareto front
     joined and ringed, the base model a star, the best point (a row or None) a square,
     points that miss the bounds drawn as crosses."""

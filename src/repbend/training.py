@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ from .checkpoint import (
     atomic_dir, checkpoint_dir, checkpoint_step, commit_dir, finish_checkpoint, list_checkpoints, load_checkpoint,
     load_plain, rng_state, save_checkpoint, set_rng_state, temporary,
 )
-from .config import Config, changed_training_settings, save_config
+from .config import Config, changed_training_settings, save_config, to_dict
 from .data.collate import MicroBatches, pair_rows
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .data.render import render_all
@@ -85,7 +86,7 @@ def build_streams(config: Config, tokenizer, method) -> dict:
     if "pairs" in method.streams:
         unpaired, pairs = pair_rows(refusals + unsafe_rows)
         if not pairs:
-            why = "loss.paired_coef > 0" if method.name == "repbend" else f"loss.method={method.name}"
+            why = "loss.repbend.paired_coef > 0" if method.name == "repbend" else f"loss.method={method.name}"
             raise ConfigError(f"{why} reads P_us/P_uu pairs (rows that share a pair_id); the data has none")
         streams["pairs"] = pairs
         refusals = [row for row in unpaired if row.kind == UNSAFE_SAFE]
@@ -155,11 +156,77 @@ def prepare(config: Config) -> tuple:
 
 
 # Settings a resumed run may change without changing what it trains: where and how often
-# it writes, threads, the guard.
+# it writes, threads, the guard, the trackers.
 RESUME_FREE = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.num_threads",
-               "train.save_merged", "train.max_unsafe_distance", "train.divergence_factor", "train.divergence_window"}
+               "train.save_merged", "train.max_unsafe_distance", "train.divergence_factor", "train.divergence_window",
+               "train.report_to"}
 # Changes a resumed run accepts only when asked by name (--allow-change).
 RESUME_ALLOWED = {"train.steps"}
+
+# train.report_to: accelerate's trackers. Those that write files do so under
+# <output_dir>/TRACKER_DIR (tensorboard: <output_dir>/trackers/repbend/); TRACKER_PROJECT
+# is the project (wandb, comet_ml), experiment (mlflow) or run folder (tensorboard) name.
+TRACKER_DIR = "trackers"
+TRACKER_PROJECT = "repbend"
+# What to pip install for each tracker.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml",
+                    "aim": "'aim<4'", "clearml": "clearml", "dvclive": "dvclive"}
+
+
+def tracker_names(report_to) -> list:
+    """train.report_to as a list of tracker names ([] for none); a ConfigError naming the
+    package to install when a tracker's package is missing (accelerate would drop it)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = list(dict.fromkeys(name for name in names if name != "none"))
+    unknown = [name for name in names if name not in TRACKER_PACKAGES]
+    if unknown:
+        raise ConfigError(f"train.report_to: {', '.join(map(repr, unknown))} is not one of none, {', '.join(TRACKER_PACKAGES)}")
+    if not names:
+        return []
+    import accelerate.utils
+
+    missing = [name for name in names if not getattr(accelerate.utils, f"is_{name}_available")()]
+    if missing:
+        raise ConfigError(f"train.report_to: {', '.join(missing)} needs its package, which is not installed; "
+                          f"install it with: pip install {' '.join(TRACKER_PACKAGES[name] for name in missing)}")
+    return names
+
+
+def tracker_config(config: Config) -> dict:
+    """The resolved config as trackers take it: dotted keys -> bool, int, float or str
+    (lists, mappings and None as JSON text)."""
+    flat = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, (bool, int, float, str)):
+                flat[f"{prefix}{key}"] = value
+            else:
+                flat[f"{prefix}{key}"] = json.dumps(value, default=str)
+
+    walk(to_dict(config), "")
+    return flat
+
+
+def _tracker_kwargs(trackers: list, out: Path, start: int) -> dict:
+    kwargs = {"mlflow": {"run_name": out.name}, "dvclive": {"dir": str(out / TRACKER_DIR / "dvclive")}}
+    if "WANDB_NAME" not in os.environ:
+        kwargs["wandb"] = {"name": out.name}
+    if start:
+        # A resumed run: TensorBoard drops what the interrupted run logged past the
+        # checkpoint, as metrics.jsonl does.
+        kwargs["tensorboard"] = {"purge_step": start + 1}
+    return {name: value for name, value in kwargs.items() if name in trackers}
+
+
+def _finish_trackers(accelerator) -> None:
+    """Flush and close the trackers. Not accelerator.end_training(): that also destroys the
+    process group, which the adapter gather below and a caller training again need."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
 
 
 def check_resume_settings(saved_path: Path, config: Config, allowed: set) -> None:
@@ -190,8 +257,12 @@ def train(config: Config, resume: bool = False, progress: bool = True, allow_cha
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     device = resolve_device(config.model.device)
+    trackers = tracker_names(t.report_to)
+    # Without trackers the Accelerator is built exactly as before (no logging folder).
+    tracking = {"log_with": trackers, "project_dir": str(out / TRACKER_DIR)} if trackers else {}
     accelerator = Accelerator(
-        mixed_precision=resolve_precision(t.precision, device), cpu=device.type == "cpu", gradient_accumulation_steps=t.grad_accum
+        mixed_precision=resolve_precision(t.precision, device), cpu=device.type == "cpu", gradient_accumulation_steps=t.grad_accum,
+        **tracking,
     )
     if t.save_merged and _sharded(accelerator):
         raise ConfigError("train.save_merged needs unsharded weights: under DeepSpeed or FSDP merge the saved adapter afterwards")
@@ -228,6 +299,8 @@ def train(config: Config, resume: bool = False, progress: bool = True, allow_cha
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
     metrics = MetricsLog(out / "metrics.jsonl", start) if accelerator.is_main_process else None
+    if trackers:
+        accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(config), init_kwargs=_tracker_kwargs(trackers, out, start))
     bar = Progress(t.steps, start, progress and accelerator.is_main_process)
     record: dict = {}
     guard = JumpGuard(t.divergence_factor, t.divergence_window)
@@ -236,6 +309,8 @@ def train(config: Config, resume: bool = False, progress: bool = True, allow_cha
             record = _train_step(step, t, batches, module, optimizer, scheduler, runner, accelerator, guard)
             if metrics is not None:
                 metrics.write(record)
+            if trackers:
+                accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
             bar.update(step, record)
             if step % t.save_every == 0 or step == t.steps:
                 _save(checkpoints, step, model, optimizer, scheduler, t.keep_checkpoints, accelerator)
@@ -245,6 +320,7 @@ def train(config: Config, resume: bool = False, progress: bool = True, allow_cha
         raise TrainingDiverged(f"{error}; {kept}") from None
     finally:
         bar.close()
+        _finish_trackers(accelerator)
 
     adapter_dir = out / "adapter"
     # Every process takes part: ZeRO-3 and FSDP gather the sharded weights to the main one.

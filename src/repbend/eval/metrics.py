@@ -21,7 +21,7 @@ from collections import defaultdict
 
 from .results import MetricEntry, ModelSummary, Rate
 from .stats import bootstrap_interval
-from .types import BENIGN, HARMFUL
+from ..types import BENIGN, HARMFUL
 
 COMPLIED, ANSWERED, REFUSED = "complied", "answered", "refused"
 

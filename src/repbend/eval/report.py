@@ -10,7 +10,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import ConfigError
 from .results import EvalResults
-from .types import HARMFUL
+from ..types import HARMFUL
 
 # The summary table's rows: label, figure, scale (rates are fractions; overall is percent).
 SUMMARY_ROWS = (

@@ -1,6 +1,6 @@
 """Typed evaluation results: what ``results.json`` holds, as dataclasses.
 
-:func:`repbend.eval.run.evaluate` returns an :class:`EvalResults`; ``results.json`` is its
+:func:`repbend.commands.evaluate.evaluate` returns an :class:`EvalResults`; ``results.json`` is its
 ``to_json()``, and ``EvalResults.from_json(json.loads(text))`` (or :meth:`EvalResults.load`)
 reads a results file back, older ones too. The round trip keeps a file's keys and values:
 a key that files written before it existed lack (``degenerate_noncompliant``, say) loads as
@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Optional
 
 from ..atomic import write_text
 from ..errors import DataError
-from .types import HARMFUL
+from ..types import HARMFUL
 
 
 class ResultsError(DataError):

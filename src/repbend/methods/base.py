@@ -5,16 +5,30 @@ streams and hidden-state layers it reads, and computes its loss through a
 :class:`Runner`, which runs the LoRA model or the frozen model (the same weights with the
 adapter disabled, under ``no_grad``) and returns only what the loss reads: the selected
 tokens of the requested layers, and logits only at the requested positions.
+
+A method registers with the dataclass of its own settings, so a new method is one module
+and no edit of the config (the loss section named after it is parsed into that class)::
+
+    @dataclass
+    class MySettings(MethodSettings):
+        alpha: float = 1.0
+        rules: ClassVar[dict] = {"alpha": above(0)}
+
+    @register_method("mine", settings=MySettings)
+    class Mine(Method):
+        def loss(self, runner, batches):  # self.settings.alpha
+            ...
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..config import LossConfig
+from ..config import METHOD_SETTINGS, LossConfig, MethodSettings
 from ..registry import Registry
 from ..models import decoder_of, lm_head_logits, resolve_layers
 from .shards import LOCAL, Shards
@@ -87,14 +101,19 @@ class LossOutput:
 
 
 class Method:
-    """A training loss. Subclasses set ``name`` and ``streams``, and implement ``loss``."""
+    """A training loss. Subclasses set ``streams`` and implement ``loss``; registered with
+    :func:`register_method`, which sets ``name`` and ``settings_class``."""
 
     name: str = ""
+    # The dataclass of the method's own settings (the loss section named after it), or None.
+    settings_class: type | None = None
     # Data streams read each micro-batch: any of safe, unsafe, retain, pairs.
     streams: tuple = ("safe", "unsafe", "retain")
 
     def __init__(self, config: LossConfig, num_blocks: int):
         self.config = config
+        # The method's own settings (None without a settings class).
+        self.settings = config.section(self.name) if self.settings_class else None
         self.num_blocks = num_blocks
 
     @property
@@ -121,8 +140,25 @@ def scaled_layers(spec, of_32: tuple, num_blocks: int, what: str) -> list:
 METHODS = Registry("loss.method")
 
 
-def register(cls):
-    return METHODS.register(cls.name)(cls)
+def register_method(name: str, settings: type | None = None):
+    """Class decorator: ``loss.method=<name>`` trains with this :class:`Method`; ``settings``
+    (a dataclass subclassing :class:`MethodSettings`) holds its own settings, read from the
+    loss section ``<name>`` and checked in its ``__post_init__``."""
+    reserved = {f.name for f in dataclasses.fields(LossConfig)}
+    if name in reserved:
+        raise ValueError(f"method name {name!r} is a loss setting's name ({', '.join(sorted(reserved))})")
+    if settings is not None and not (dataclasses.is_dataclass(settings) and issubclass(settings, MethodSettings)):
+        raise TypeError(f"settings of method {name!r}: expected a dataclass subclassing MethodSettings, got {settings!r}")
+
+    def add(cls):
+        METHODS.register(name)(cls)  # a name registered twice fails here, changing nothing
+        if settings is not None:
+            settings.section = f"loss.{name}"
+        cls.name, cls.settings_class = name, settings
+        METHOD_SETTINGS[name] = settings
+        return cls
+
+    return add
 
 
 def build_method(config: LossConfig, num_blocks: int) -> Method:

@@ -9,9 +9,13 @@ counts micro-batches, so with gradient accumulation its schedule runs ahead of t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
-from .base import LossOutput, Method, Runner, register, scaled_layers
+from ..config import Layers, MethodSettings, at_least
+from .base import LossOutput, Method, Runner, register_method, scaled_layers
 from .terms import representation_distance, rerouting_cosine
 
 # CB's target layers 10 and 20, of 32 blocks.
@@ -24,24 +28,38 @@ def schedule(step: int, total_steps: int, alpha: float) -> tuple:
     return alpha * progress, alpha * (1 - progress)
 
 
-@register
+@dataclass
+class CircuitBreakerSettings(MethodSettings):
+    """``loss.circuit_breaker``: CB's launch values."""
+
+    # The schedule's scale: at optimizer step t of T the breaker weighs alpha * (1 - t/(2T))
+    # and the retain term alpha * t/(2T) (CB's launch: 10 on Llama-3, 5 on Mistral).
+    alpha: float = 10.0
+    # Hidden states of the breaker term: "auto" is 10 and 20 of 32, scaled to depth; the
+    # retain distance reads every hidden state up to the highest of them.
+    target_layers: Layers = "auto"
+
+    rules: ClassVar[dict] = {"alpha": at_least(0)}
+
+
+@register_method("circuit_breaker", settings=CircuitBreakerSettings)
 class CircuitBreaker(Method):
-    name = "circuit_breaker"
     streams = ("safe", "unsafe", "retain")
 
     def __init__(self, config, num_blocks: int):
         super().__init__(config, num_blocks)
-        self.target_layers = scaled_layers(config.cb_target_layers, CB_LAYERS, num_blocks, "loss.cb_target_layers")
+        self.target_layers = scaled_layers(self.settings.target_layers, CB_LAYERS, num_blocks,
+                                           "loss.circuit_breaker.target_layers")
         self.retain_layers = list(range(max(self.target_layers) + 1))
         # Before the first optimizer step: the schedule's start (all breaker, no retain).
-        self.retain_weight, self.breaker_weight = schedule(0, 1, config.cb_alpha)
+        self.retain_weight, self.breaker_weight = schedule(0, 1, self.settings.alpha)
 
     @property
     def loss_layers(self) -> list:
         return self.target_layers
 
     def start_step(self, step: int, total_steps: int) -> None:
-        self.retain_weight, self.breaker_weight = schedule(step, total_steps, self.config.cb_alpha)
+        self.retain_weight, self.breaker_weight = schedule(step, total_steps, self.settings.alpha)
 
     def loss(self, runner: Runner, batches: dict) -> LossOutput:
         harmful = batches["unsafe"]

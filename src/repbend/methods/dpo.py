@@ -6,21 +6,33 @@ L = mean -log sigmoid(beta ((log p'(y_c|x) - log p(y_c|x)) - (log p'(y_r|x) - lo
 """
 from __future__ import annotations
 
-from .base import LossOutput, Method, Runner, register
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config import MethodSettings, above
+from .base import LossOutput, Method, Runner, register_method
 from .likelihood import response_log_probs
 from .terms import dpo_loss
 
 
-@register
+@dataclass
+class DPOSettings(MethodSettings):
+    """``loss.dpo``."""
+
+    beta: float = 0.1  # inverse temperature of the log-ratios against the frozen model
+
+    rules: ClassVar[dict] = {"beta": above(0)}
+
+
+@register_method("dpo", settings=DPOSettings)
 class DPO(Method):
-    name = "dpo"
     streams = ("pairs",)
 
     def loss(self, runner: Runner, batches: dict) -> LossOutput:
         chosen, rejected = batches["pair_safe"], batches["pair_unsafe"]
         chosen_ratio = response_log_probs(runner, chosen) - response_log_probs(runner, chosen, frozen=True)
         rejected_ratio = response_log_probs(runner, rejected) - response_log_probs(runner, rejected, frozen=True)
-        total = dpo_loss(chosen_ratio, rejected_ratio, self.config.dpo_beta)
+        total = dpo_loss(chosen_ratio, rejected_ratio, self.settings.beta)
         terms = {"dpo": float(total.detach()), "chosen_log_ratio": float(chosen_ratio.detach().mean()),
                  "rejected_log_ratio": float(rejected_ratio.detach().mean())}
         return LossOutput(total, terms)

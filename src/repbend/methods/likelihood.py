@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Runner
-from .repbend import next_token_targets
-from .terms import sequence_log_probs, token_cross_entropy
+from .terms import next_token_targets, sequence_log_probs, token_cross_entropy
 
 
 def response_log_probs(runner: Runner, batch, frozen: bool = False) -> torch.Tensor:

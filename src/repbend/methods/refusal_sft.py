@@ -6,14 +6,12 @@ answers alone; task arithmetic subtracts the task vector it learns.
 """
 from __future__ import annotations
 
-from .base import LossOutput, Method, Runner, register
+from .base import LossOutput, Method, Runner, register_method
 from .likelihood import response_cross_entropy
 
 
-@register
+@register_method("refusal_sft")  # its one setting is the shared loss.retain_coef
 class RefusalSFT(Method):
-    name = "refusal_sft"
-
     def __init__(self, config, num_blocks: int):
         super().__init__(config, num_blocks)
         self.streams = ("safe", "retain") if config.retain_coef else ("safe",)
@@ -29,9 +27,8 @@ class RefusalSFT(Method):
         return LossOutput(total, terms)
 
 
-@register
+@register_method("sft_unsafe")
 class UnsafeSFT(Method):
-    name = "sft_unsafe"
     streams = ("unsafe",)
 
     def loss(self, runner: Runner, batches: dict) -> LossOutput:

@@ -6,38 +6,64 @@ d_u, refusal cross-entropy on P_us, KL to the base on P_s answers, NPO on P_uu a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Optional
+
 import torch
 
+from ..config import Layers, MethodSettings, above, at_least
 from ..data.collate import LOSS_MODES, first_response_tokens, select_tokens
-from ..errors import ConfigError
 from ..models import resolve_layers
-from .base import LossOutput, Method, Runner, register
-from .terms import (cosine_spread, kl_divergence, npo_loss, representation_distance, sequence_log_probs,
-                    token_cross_entropy)
+from .base import LossOutput, Method, Runner, register_method
+from .terms import (cosine_spread, kl_divergence, next_token_targets, npo_loss, representation_distance,
+                    sequence_log_probs, token_cross_entropy)
 
-CHOICES = {
-    "loss_mode": LOSS_MODES,
-    "cosine_positions": LOSS_MODES,
-    "safe_layers": ("all", "target"),
-    "norm": ("l2", "squared"),
-    "kl_reduction": ("batchmean", "token_mean"),
-    "cosine_rows": ("unsafe", "unsafe_and_refusal"),
-}
+LossMode = Literal[LOSS_MODES]
 
 
-def check_choices(config, choices: dict) -> None:
-    for key, allowed in choices.items():
-        value = getattr(config, key)
-        if value not in allowed:
-            raise ConfigError(f"loss.{key}: {value!r} is unknown; choose one of {', '.join(allowed)}")
+@dataclass
+class RepBendSettings(MethodSettings):
+    """``loss.repbend``: the recipe's values by default; the options beyond it are off."""
 
+    # Which tokens the two distance terms read.
+    loss_mode: LossMode = "response_all"
+    # Hidden-state indices (0 = embeddings, i = output of block i) for the unsafe and
+    # cosine terms: "auto" scales the recipe's 20..30 of 32 to the model's depth.
+    target_layers: Layers = "auto"
+    safe_layers: Literal["all", "target"] = "all"
+    safe_coef: float = 0.5
+    unsafe_coef: float = 0.5
+    cosine_coef: float = 0.1
+    kl_coef: float = 0.3
+    paired_coef: float = 0.0  # eta
+    paired_positions: int = 20
+    norm: Literal["l2", "squared"] = "l2"  # l2 (recipe) | squared (the paper's 1/2 ||.||^2)
+    kl_temperature: float = 2.0
+    kl_reduction: Literal["batchmean", "token_mean"] = "batchmean"  # batchmean: the recipe
+    # unsafe (recipe) | unsafe_and_refusal (Algorithm 1)
+    cosine_rows: Literal["unsafe", "unsafe_and_refusal"] = "unsafe"
+    cosine_positions: LossMode = "prompt_last"
+    # Options beyond the recipe (off there): a cap on the unsafe distance so it stops
+    # pushing once far enough, and a refusal cross-entropy term on P_us responses.
+    unsafe_distance_cap: Optional[float] = None
+    refusal_ce_coef: float = 0.0
+    # KL(base || LoRA) on P_s responses, the first token included: keeps the answer-or-
+    # refuse choice on benign prompts where the base model had it.
+    safe_kl_coef: float = 0.0
+    # NPO on P_uu answers (the output-level twin of d_u, inverse temperature
+    # unsafe_npo_beta): pushes their likelihood below the base model's, saturating once it
+    # is (Zhang et al. 2024).
+    unsafe_npo_coef: float = 0.0
+    unsafe_npo_beta: float = 0.1
+    # Leave P_us rows out of the safe distance (they are still used by other terms).
+    safe_includes_refusals: bool = True
 
-def next_token_targets(batch, positions: torch.Tensor) -> tuple:
-    """(logit positions, targets): logits at t predict the token at t + 1, for each
-    t + 1 in ``positions`` [B, T]."""
-    logit_mask = torch.zeros_like(positions)
-    logit_mask[:, :-1] = positions[:, 1:]
-    return logit_mask, batch.input_ids[:, 1:][positions[:, 1:]]
+    rules: ClassVar[dict] = {
+        **{name: at_least(0) for name in ("safe_coef", "unsafe_coef", "cosine_coef", "kl_coef", "paired_coef",
+                                          "refusal_ce_coef", "safe_kl_coef", "unsafe_npo_coef")},
+        "paired_positions": at_least(1), "kl_temperature": above(0), "unsafe_distance_cap": above(0),
+        "unsafe_npo_beta": above(0),
+    }
 
 
 def within(union: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
@@ -45,19 +71,17 @@ def within(union: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
     return subset[union]
 
 
-@register
+@register_method("repbend", settings=RepBendSettings)
 class RepBend(Method):
-    name = "repbend"
-
     def __init__(self, config, num_blocks: int):
         super().__init__(config, num_blocks)
-        check_choices(config, CHOICES)
-        self.target_layers = resolve_layers(config.target_layers, num_blocks, "loss.target_layers")
-        self.safe_layers = list(range(num_blocks + 1)) if config.safe_layers == "all" else self.target_layers
+        s = self.settings
+        self.target_layers = resolve_layers(s.target_layers, num_blocks, "loss.repbend.target_layers")
+        self.safe_layers = list(range(num_blocks + 1)) if s.safe_layers == "all" else self.target_layers
         streams = ["safe", "unsafe"]
-        if config.kl_coef:
+        if s.kl_coef:
             streams.append("retain")
-        if config.paired_coef:
+        if s.paired_coef:
             streams.append("pairs")
         self.streams = tuple(streams)
 
@@ -66,7 +90,7 @@ class RepBend(Method):
         return self.target_layers
 
     def loss(self, runner: Runner, batches: dict) -> LossOutput:
-        c = self.config
+        c = self.settings
         squared = c.norm == "squared"
         shards = runner.shards
         terms = {}
@@ -117,7 +141,7 @@ class RepBend(Method):
             rows = npo_mask.nonzero(as_tuple=True)[0]
             log_ratio = (sequence_log_probs(lora_u.logits, npo_targets, rows, len(unsafe))
                          - sequence_log_probs(frozen_u.logits, npo_targets, rows, len(unsafe)))
-            terms["unsafe_npo"] = npo_loss(log_ratio, c.npo_beta, shards)
+            terms["unsafe_npo"] = npo_loss(log_ratio, c.unsafe_npo_beta, shards)
         unsafe_distance = representation_distance(
             lora_u.hidden[:, within(lora_tokens, distance_tokens)], frozen_u.hidden, squared, shards
         )

@@ -1,83 +1,28 @@
-"""Task arithmetic: a weight operation, not a loss.
-
-Two LoRA runs on the one training loop, each with the full step budget: ``safe`` learns
-the safe task (``refusal_sft``: P_s answers, P_us refusals, retain chat) and ``unsafe``
-the harmful one (``sft_unsafe``: P_uu answers). Their merged deltas are the task vectors,
-and ``merged/`` holds theta0 + a * tau_safe - b * tau_unsafe (loss.ta_safe_weight = 0.5,
-loss.ta_unsafe_weight = 0.1) as plain safetensors that evaluation loads as a model.
-"""
+"""Task arithmetic's settings. It is a weight operation, not a loss: ``repbend compare``
+trains a ``refusal_sft`` and a ``sft_unsafe`` run and saves theta0 + safe_weight * tau_safe
+- unsafe_weight * tau_unsafe (:mod:`repbend.commands.task_arithmetic`)."""
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
-
-from ..atomic import write_text
-from ..cache import file_digest
-from ..config import Config, LossConfig
+from ..config import MethodSettings, at_least
 from ..errors import ConfigError
-
-RUNS = (("safe", "refusal_sft"), ("unsafe", "sft_unsafe"))
-RECORD = "merge.json"
+from .base import Method, register_method
 
 
-def trained(config: Config, progress: bool = True) -> Path:
-    """The adapter of a finished run with this config: reused when it exists, resumed
-    when a run was killed, trained otherwise."""
-    from ..pipeline import training_is_done
-    from ..training import train
+@dataclass
+class TaskArithmeticSettings(MethodSettings):
+    """``loss.task_arithmetic``: the weights of the two task vectors in the merge."""
 
-    out = Path(config.output_dir)
-    if not training_is_done(config):
-        train(config, resume=(out / "checkpoints").exists(), progress=progress)
-    return out / "adapter"
+    safe_weight: float = 0.5
+    unsafe_weight: float = 0.1  # subtracted
+
+    rules: ClassVar[dict] = {"safe_weight": at_least(0), "unsafe_weight": at_least(0)}
 
 
-def merge_task_vectors(model_config, adapters: dict, weights: dict, folder: Path) -> Path:
-    """Save theta0 + sum of weights[name] * (merged LoRA delta of adapters[name]) to
-    ``folder``. Scaling an adapter's B matrices scales its delta B A exactly."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    from ..models import load_model, load_tokenizer
-    from ..training import save_merged
-
-    tokenizer = load_tokenizer(model_config)
-    names = list(adapters)
-    model = PeftModel.from_pretrained(load_model(model_config, tokenizer), str(adapters[names[0]]), adapter_name=names[0])
-    for name in names[1:]:
-        model.load_adapter(str(adapters[name]), adapter_name=name)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, LoraLayer):
-                for name in names:
-                    if name in module.lora_B:
-                        module.lora_B[name].weight.mul_(weights[name])
-    model.base_model.set_adapter(names)  # merge_and_unload merges the active adapters
-    save_merged(model, tokenizer, folder)
-    return folder
-
-
-def task_arithmetic(config: Config, progress: bool = True) -> Path:
-    """Train (or reuse) both runs under ``output_dir`` and write ``output_dir/merged``."""
-    out = Path(config.output_dir)
-    # Each run's loss holds only what it reads, so new merge weights reuse both runs.
-    adapters = {
-        part: trained(dataclasses.replace(config, output_dir=str(out / part),
-                                          loss=LossConfig(method=method, retain_coef=config.loss.retain_coef)), progress)
-        for part, method in RUNS
-    }
-    weights = {"safe": config.loss.ta_safe_weight, "unsafe": -config.loss.ta_unsafe_weight}
-    record = {"weights": weights,
-              "adapters": {part: file_digest(path / "adapter_model.safetensors") for part, path in adapters.items()}}
-    merged, saved = out / "merged", out / RECORD
-    if saved.is_file() and (merged / "config.json").is_file():
-        if json.loads(saved.read_text()) == record:
-            return merged
-        # Evaluation caches generations by model folder: never change a merge in place.
-        raise ConfigError(f"{merged} holds a merge with other settings; choose another output_dir")
-    merge_task_vectors(config.model, adapters, weights, merged)
-    write_text(saved, json.dumps(record, indent=2))
-    return merged
+@register_method("task_arithmetic", settings=TaskArithmeticSettings)
+class TaskArithmetic(Method):
+    def __init__(self, config, num_blocks: int):
+        raise ConfigError("loss.method=task_arithmetic merges two trained runs' weights, it is not a loss to "
+                          "train: run it with `repbend compare` (compare.methods)")

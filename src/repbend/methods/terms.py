@@ -1,4 +1,5 @@
-"""Loss terms as pure functions of hidden states, logits and masks.
+"""Loss terms as pure functions of hidden states, logits and masks, and the target
+positions several methods share (:func:`next_token_targets`).
 
 Shapes: ``hidden`` tensors are [L, N, D] (L layers, N selected tokens, D model width);
 ``logits`` are [N, V]. Everything is computed in float32 whatever the activations' dtype.
@@ -95,6 +96,14 @@ def mean_squared_error(new: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if new.numel() == 0:
         return new.new_zeros((), dtype=torch.float32)
     return (new.float() - target.float()).pow(2).mean()
+
+
+def next_token_targets(batch, positions: torch.Tensor) -> tuple:
+    """(logit positions, targets): logits at t predict the token at t + 1, for each
+    t + 1 in ``positions`` [B, T]."""
+    logit_mask = torch.zeros_like(positions)
+    logit_mask[:, :-1] = positions[:, 1:]
+    return logit_mask, batch.input_ids[:, 1:][positions[:, 1:]]
 
 
 def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...registry import Registry
-from ..types import AttackedPrompt, BehaviorRow
+from ...types import AttackedPrompt, BehaviorRow
 
 ATTACKS = Registry("attack")
 # Options every attack receives besides its own settings (the model under test's name).

@@ -2,7 +2,7 @@
 initialised from the embeddings of "x x ... x" (20 x) and optimised with Adam (lr 1e-4,
 500 steps, stop at loss 0.05) so the answer starts with the target + ":\\n\\n". The model
 then generates from the whole prompt as input embeddings, so this attack needs a backend
-that takes them (hf); :func:`generate_from_embeds` is that generation.
+that takes them (hf; :func:`repbend.generate.generate_from_embeds`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..types import AttackedPrompt, BehaviorRow
+from ...types import AttackedPrompt, BehaviorRow
 from . import Attack, AttackContext, register
 from .simple import prefill_text, request_text, user_turn
 from .whitebox import (
@@ -134,26 +134,3 @@ class InputEmbeddingAttack(Attack):
                 embeds_digest=embeds_digest(result.prompt_embeds),
             ))
         return prompts
-
-
-@torch.no_grad()
-def generate_from_embeds(model, tokenizer, embeds_list: list, max_new_tokens: int = 512) -> list[str]:
-    """Greedy continuations of prompts given as input embeddings ([T_i, D] each), in one
-    batch: left-padded with zero vectors that the attention mask hides."""
-    weight = model.get_input_embeddings().weight
-    longest = max(len(embeds) for embeds in embeds_list)
-    inputs = torch.zeros(len(embeds_list), longest, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    attention_mask = torch.zeros(len(embeds_list), longest, dtype=torch.long, device=weight.device)
-    for i, embeds in enumerate(embeds_list):
-        inputs[i, longest - len(embeds) :] = embeds.to(weight.device, weight.dtype)
-        attention_mask[i, longest - len(embeds) :] = 1
-    # Given only embeddings, generate returns only the new tokens.
-    output = model.generate(
-        inputs_embeds=inputs,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return [tokenizer.decode(row, skip_special_tokens=True) for row in output]

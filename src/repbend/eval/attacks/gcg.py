@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import RepbendError
-from ..types import AttackedPrompt, BehaviorRow
+from ...types import AttackedPrompt, BehaviorRow
 from . import Attack, AttackContext, register
 from .simple import GENERIC_OPENING, request_text, user_turn
 from .whitebox import (

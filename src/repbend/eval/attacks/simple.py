@@ -2,12 +2,12 @@
 assistant prefill.
 
 The past/future tense rephrasings are benchmarks (``tense_past``, ``tense_future`` in
-:mod:`repbend.eval.benchmarks`), not attacks: they are a prompt set of their own, and
+:mod:`repbend.data.benchmarks`), not attacks: they are a prompt set of their own, and
 only ~7% of HarmBench rows have a rephrasing within MiniLM cosine 0.8.
 """
 from __future__ import annotations
 
-from ..types import AttackedPrompt, BehaviorRow
+from ...types import AttackedPrompt, BehaviorRow
 from . import Attack, AttackContext, register
 
 # Prefill for rows without a target string.

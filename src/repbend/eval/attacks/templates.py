@@ -27,12 +27,12 @@ from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
 from ...cache import cache_root
+from ...data.benchmarks import normalise_text
 from ...embeddings import PACKAGE as EMBEDDER_PACKAGE
 from ...embeddings import embed
 from ...errors import ConfigError
 from ...packages import PACKAGES, package_file
-from ..benchmarks import normalise_text
-from ..types import AttackedPrompt, BehaviorRow
+from ...types import AttackedPrompt, BehaviorRow
 from . import SHARED_OPTIONS, Attack, AttackContext, register
 from .simple import request_text, user_turn
 

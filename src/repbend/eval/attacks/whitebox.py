@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ...config import _build as build_dataclass
 from ...atomic import write_text
 from ...errors import ConfigError, RepbendError
-from ..types import BehaviorRow
+from ...types import BehaviorRow
 from . import SHARED_OPTIONS
 
 # Private-use characters: no chat template or behavior contains them.

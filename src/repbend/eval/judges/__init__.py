@@ -17,7 +17,7 @@ import inspect
 
 from ...errors import ConfigError, RepbendError
 from ...registry import Registry
-from ..types import JudgeInput, Verdict
+from ...types import JudgeInput, Verdict
 
 JUDGES = Registry("judge")
 

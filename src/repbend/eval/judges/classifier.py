@@ -18,7 +18,7 @@ import torch
 
 from ...errors import ConfigError
 from ...models import resolve_device
-from ..types import JudgeInput, Verdict
+from ...types import JudgeInput, Verdict
 from . import JUDGES, Judge, JudgeError
 from .prompts import harmbench_prompt, llama_guard_3_prompt, parse_llama_guard, parse_wildguard, wildguard_prompt
 

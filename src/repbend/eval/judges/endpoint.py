@@ -9,7 +9,7 @@ naming the URL, the judge model and the row.
 from __future__ import annotations
 
 from ...chat_api import ChatClient
-from ..types import JudgeInput, Verdict
+from ...types import JudgeInput, Verdict
 from . import JUDGES, Judge, JudgeError
 from .prompts import harmbench_messages, parse_yes_no
 

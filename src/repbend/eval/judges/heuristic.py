@@ -15,7 +15,7 @@ import torch
 
 from ...embeddings import embed
 from ..degeneration import degeneration
-from ..types import JudgeInput, Verdict
+from ...types import JudgeInput, Verdict
 from . import JUDGES, Judge
 from .keywords import refusal_phrase
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ..types import JudgeInput, Verdict
+from ...types import JudgeInput, Verdict
 from . import JUDGES, Judge
 
 # Lower case, straight apostrophes. Phrasings of models from GPT-3.5 to Llama-3, Mistral,

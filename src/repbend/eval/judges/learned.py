@@ -28,7 +28,7 @@ import torch
 
 from ...embeddings import embed
 from ..degeneration import degeneration
-from ..types import JudgeInput, Verdict
+from ...types import JudgeInput, Verdict
 from . import JUDGES, Judge, JudgeError
 from .heuristic import content_overlap, distinct_words, opening_embeddings
 from .keywords import is_refusal, normalise

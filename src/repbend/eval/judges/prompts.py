@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ..types import JudgeInput
+from ...types import JudgeInput
 from . import JudgeError
 
 HARMBENCH_SYSTEM = (

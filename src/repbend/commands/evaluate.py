@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ..config import Config, save_config, to_dict
 from ..atomic import write_text
+from ..config import Config, save_config, to_dict
+from ..data.benchmarks import load_benchmark
 from ..errors import ConfigError
+from ..eval.attacks import ATTACKS, AttackContext
+from ..eval.capability import evaluate_capability
+from ..eval.judges import DEFAULT_JUDGE, build_judge
+from ..eval.judging import judge_responses
+from ..eval.metrics import group_metrics, rate, summary
+from ..eval.report import write_report
+from ..eval.results import CapabilityScore, EvalResults, EvaluatedModel
 from ..generate import EndpointBackend, GenerationCache, GenerationSettings, HFBackend, VLLMBackend, generate
-from .attacks import ATTACKS, AttackContext
-from .benchmarks import load_benchmark
-from .degeneration import degeneration
-from .judges import DEFAULT_JUDGE, JudgeError, build_judge
-from .metrics import group_metrics, outcome, rate, summary
-from .report import write_report
-from .results import CapabilityScore, EvalResults, EvaluatedModel
-from .types import CAPABILITY, HARMFUL, JudgeInput
+from ..types import CAPABILITY
 
 VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm_eval")
 
@@ -131,8 +132,6 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                 generated += fresh
                 records += judge_responses(label, prompts, responses, judge, refusals)
         if e.capability_tasks:
-            from .capability import evaluate_capability
-
             if not isinstance(backend, HFBackend):
                 raise ConfigError("capability tasks run through lm-eval on the hf backend")
             scores = evaluate_capability(
@@ -161,47 +160,3 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
     results.save(out / "results.json")
     write_report(results, out / "results.md")
     return EvalResult(out, results, generated)
-
-
-def judge_responses(label: str, prompts: list, responses: list, judge, refusals) -> list:
-    """One record per response: the judge's verdict on harmful rows, refusal and
-    degeneration on every row, and the outcome that metrics count. A judge that returns
-    more or fewer verdicts than it was given answers is a JudgeError: pairing them anyway
-    would shift verdicts onto other rows, or count unjudged rows as refusals."""
-    inputs = [JudgeInput(p.row.prompt, r, p.row.context) for p, r in zip(prompts, responses, strict=True)]
-    harmful_index = [i for i, p in enumerate(prompts) if p.row.expected == HARMFUL]
-    verdicts = dict(zip(harmful_index, _verdicts(judge, [inputs[i] for i in harmful_index])))
-    refused = _verdicts(refusals, inputs)
-    records = []
-    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        degenerate = degeneration(response)
-        verdict = verdicts.get(i)
-        is_refusal = not refused[i].harmful
-        records.append({
-            "model": label,
-            "benchmark": prompt.row.benchmark,
-            "attack": prompt.attack,
-            "variant": prompt.variant,
-            "row_id": prompt.row.id,
-            "expected": prompt.row.expected,
-            "prompt": prompt.messages[-1]["content"] if prompt.messages else prompt.row.prompt,
-            "prefill": prompt.prefill,
-            "response": response,
-            "outcome": outcome(prompt.row.expected, bool(verdict and verdict.harmful), is_refusal),
-            "refused": is_refusal,
-            "degenerate": degenerate,
-            "judge": verdict.judge if verdict else refused[i].judge,
-            "judge_raw": verdict.raw if verdict else refused[i].raw,
-            "attack_meta": prompt.meta,
-        })
-    return records
-
-
-def _verdicts(judge, inputs: list) -> list:
-    """``judge``'s verdicts on ``inputs``, exactly one each."""
-    if not inputs:
-        return []
-    verdicts = judge.judge(inputs)
-    if len(verdicts) != len(inputs):
-        raise JudgeError(f"judge {judge.name!r} returned {len(verdicts)} verdicts for {len(inputs)} responses")
-    return verdicts

@@ -1,4 +1,6 @@
-"""The records that flow through an evaluation, one stage to the next."""
+"""The records that flow through an evaluation, one stage to the next: benchmark rows,
+attacked prompts, judge inputs and verdicts. The lowest layer, so the data build,
+generation and evaluation all share them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
-from ..data.readers import Location, Record, label_field, text_field, read_records
 from .. import packages
 from ..errors import ConfigError, DataError
 from ..registry import Registry
-from .types import BENIGN, CAPABILITY, HARMFUL, BehaviorRow
+from ..types import BENIGN, CAPABILITY, HARMFUL, BehaviorRow
+from .readers import Location, Record, label_field, text_field, read_records
 
 BENCHMARKS = Registry("benchmark")
 

@@ -23,15 +23,20 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .atomic import write_text
-from .config import Config, LossConfig, apply_overrides, from_dict, to_dict
-from .errors import ConfigError
-from .eval.metrics import counted
-from .eval.report import percent
-from .eval.results import EvalResults
-from .eval.stats import non_dominated
-from .eval.types import BENIGN, HARMFUL
-from .resources import ROOT
+from ..atomic import write_text
+from ..config import Config, apply_overrides, from_dict, merged_config, to_dict
+from ..errors import ConfigError
+from ..eval.metrics import counted
+from ..eval.report import percent
+from ..eval.results import EvalResults
+from ..eval.stats import non_dominated
+from ..plots import _pyplot
+from ..resources import ROOT
+from ..types import BENIGN, HARMFUL
+from .data import build_data
+from .evaluate import evaluate, label_of
+from .run import with_built_data
+from .task_arithmetic import task_arithmetic, trained
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +77,9 @@ def method_config(config: Config, name: str) -> Config:
     data = to_dict(config)
     method = (overlay.get("loss") or {}).get("method", config.loss.method)
     if method != config.loss.method:
-        data["loss"] = dataclasses.asdict(LossConfig())
-    for section, values in overlay.items():
-        data[section].update(values or {})
+        data["loss"] = {}  # the loss defaults, then the overlay's method and its section
     try:
+        data = merged_config(data, {section: values for section, values in overlay.items() if values})
         result = from_dict(apply_overrides(data, extra))
     except ConfigError as error:
         raise ConfigError(f"compare method {name!r} ({path}): {error}") from None
@@ -88,18 +92,12 @@ def method_config(config: Config, name: str) -> Config:
 
 
 def compare(config: Config, progress: bool = True) -> CompareResult:
-    from .eval.run import evaluate, label_of
-    from .methods.task_arithmetic import task_arithmetic, trained
-    from .pipeline import with_built_data
-
     out = Path(config.compare.output_dir or config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not config.compare.methods:
         raise ConfigError("compare.methods is empty: name the methods to compare")
     configs = {name: method_config(config, name) for name in config.compare.methods}  # errors first
     if config.compare.build_data:
-        from .data.packaged import build_data
-
         data_dir = build_data(config, progress=progress).output_dir
         config = with_built_data(config, data_dir)
         configs = {name: with_built_data(method, data_dir) for name, method in configs.items()}
@@ -267,8 +265,6 @@ def pareto_front(points: list) -> list:
 def safety_usability_plot(data: dict, png: Path) -> Path:
     """Safety (100 - mean ASR) against usability (mean of over-refusal compliance and
     capability), each with its interval; the Pareto front joins the undominated methods."""
-    from .plots import _pyplot
-
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.5, 4.2))
     shown, points = [], []

@@ -1,4 +1,5 @@
-"""`repbend data`: the four sets and held-out sets built from packaged data and the model.
+"""`repbend data` (repbend.commands.data) and the data library it builds on (sources,
+splits, refusals): the four sets and held-out sets built from packaged data and the model.
 
 Builds run the tiny random Llama (its byte gibberish counts as compliance under the
 keyword judge) and a bag-of-words stand-in for MiniLM; the slow test runs SmolLM2.
@@ -14,21 +15,23 @@ import pytest
 
 from repbend.cli import main
 from repbend.config import SourceConfig, load_config
-from repbend.data import packaged
+from repbend.commands.data import DEFAULT_BENIGN, build_data
+from repbend.data import splits
+from repbend.data.benchmarks import load_benchmark, normalise_text
 from repbend.data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
-from repbend.data.packaged import (REFUSAL_OFFERS, REFUSAL_OPENINGS, REFUSAL_REASONS, build_data,
-                                   deduplicate_splits, written_refusal)
 from repbend.data.readers import read_source
+from repbend.data.refusals import REFUSAL_OFFERS, REFUSAL_OPENINGS, REFUSAL_REASONS, written_refusal
+from repbend.data.sources import _forgelm_chats
+from repbend.data.splits import EVAL_SETS, deduplicate_splits, disjointness
 from repbend.errors import ConfigError
-from repbend.eval.benchmarks import load_benchmark, normalise_text
-from repbend.eval.types import BehaviorRow
 from repbend.generate import HFBackend
+from repbend.types import BehaviorRow
 from conftest import SMALL, bag_of_words
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def fast_embeddings(monkeypatch):
-    monkeypatch.setattr(packaged, "embed", bag_of_words)
+    monkeypatch.setattr(splits, "embed", bag_of_words)
 
 
 def tiny_config(folder: Path, *overrides: str):
@@ -56,7 +59,7 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
     result = build_data(tiny_config(tmp_path), progress=False)
     folder = tmp_path / "data"
     assert result.output_dir == folder and not result.from_cache
-    split_files = {f"{split}_{name}.jsonl" for split in ("dev", "test") for name in packaged.EVAL_SETS}
+    split_files = {f"{split}_{name}.jsonl" for split in ("dev", "test") for name in EVAL_SETS}
     assert {p.name for p in folder.iterdir()} >= {"train.jsonl", "manifest.json", "cache", *split_files}
     assert not list(folder.glob(".*.tmp"))
 
@@ -78,11 +81,11 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
 
     manifest = result.manifest
     assert manifest["judge"] == "keywords" and manifest["seed"] == 0
-    assert manifest["build"]["benign"] == list(packaged.DEFAULT_BENIGN)
+    assert manifest["build"]["benign"] == list(DEFAULT_BENIGN)
     assert manifest["sources"]["unsafe_unsafe"]["model"] > 0
     # Retain: the chats of forgelm training prompts, the Turkish chats (never prompts), P_s,
     # and the model's answers to broad instructions (IFEval's, no evaluated source's).
-    turkish = sum(row.category == "medical-qa-tr" for row, _ in packaged._forgelm_chats())
+    turkish = sum(row.category == "medical-qa-tr" for row, _ in _forgelm_chats())
     chats = manifest["sources"]["train_benign"].get("forgelm_chat_pkg", 0) + turkish
     retain = manifest["sources"][RETAIN]
     assert {k: retain[k] for k in ("forgelm_chat_pkg", "model")} == {"forgelm_chat_pkg": chats, "model": result.counts[SAFE]}
@@ -93,7 +96,7 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
                                                 if k.startswith("retain instructions")) == 10
 
     sets = {(split, name): load_benchmark("generic", path=folder / f"{split}_{name}.jsonl")
-            for split in ("dev", "test") for name in packaged.EVAL_SETS}
+            for split in ("dev", "test") for name in EVAL_SETS}
     assert (len(sets["dev", "harmful"]), len(sets["test", "harmful"])) == (3, 7)  # dev_fraction 0.3 of 10
     for (split, name), rows in sets.items():
         assert rows, (split, name)
@@ -105,7 +108,7 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
     # Train, dev and test share no prompt, and the manifest says so pair by pair.
     texts = {"train": {normalise_text(t) for record in read_jsonl(folder / "train.jsonl") for t in user_turns(record)}}
     for split in ("dev", "test"):
-        texts[split] = {normalise_text(row.prompt) for name in packaged.EVAL_SETS for row in sets[split, name]}
+        texts[split] = {normalise_text(row.prompt) for name in EVAL_SETS for row in sets[split, name]}
     assert all(texts.values())
     assert not texts["train"] & texts["dev"] and not texts["train"] & texts["test"] and not texts["dev"] & texts["test"]
     proof = manifest["disjoint"]
@@ -114,14 +117,14 @@ def test_build_writes_linked_disjoint_sets_in_the_generic_layouts(tmp_path):
 
 
 def test_the_disjointness_proof_finds_shared_and_near_prompts():
-    proof = packaged.disjointness({"train": ["alpha beta gamma", "zeta eta"], "dev": ["Alpha, beta gamma!"],
-                                   "test": ["alpha beta gamma delta", "theta iota kappa"]}, 0.8)
+    proof = disjointness({"train": ["alpha beta gamma", "zeta eta"], "dev": ["Alpha, beta gamma!"],
+                          "test": ["alpha beta gamma delta", "theta iota kappa"]}, 0.8)
     assert not proof["disjoint"]
     assert proof["pairs"]["train/dev"]["exact"] == 1
     assert proof["pairs"]["train/test"] == {"exact": 0, "max_cosine": proof["pairs"]["train/test"]["max_cosine"],
                                             "near": 1}
     assert proof["pairs"]["train/test"]["max_cosine"] >= 0.8
-    clean = packaged.disjointness({"train": ["alpha beta"], "dev": ["gamma delta"], "test": ["theta iota"]}, 0.8)
+    clean = disjointness({"train": ["alpha beta"], "dev": ["gamma delta"], "test": ["theta iota"]}, 0.8)
     assert clean["disjoint"] and clean["pairs"]["dev/test"] == {"exact": 0, "max_cosine": 0.0, "near": 0}
 
 

