@@ -455,6 +455,23 @@ def test_resume_check_reads_a_config_saved_with_the_flat_keys(tmp_path):
     assert changed_training_settings(saved, changed) == {"loss.repbend.kl_coef": (0.7, 0.9)}
 
 
+def test_a_saved_config_without_a_newer_setting_reads_it_as_its_default(tmp_path):
+    import yaml
+
+    from repbend.config import changed_training_settings, to_dict
+
+    config = load_config(CONFIGS / "tiny-test.yaml")
+    data = to_dict(config)
+    del data["train"]["max_grad_norm"], data["train"]["report_to"]  # a run saved before they existed
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(data))
+    assert changed_training_settings(saved, config) == {}
+    clipped = load_config(CONFIGS / "tiny-test.yaml", ["train.max_grad_norm=0.5"])
+    assert changed_training_settings(saved, clipped) == {"train.max_grad_norm": (1.0, 0.5)}
+    # Settings that change nothing trained (where and how often a run writes) never count.
+    assert changed_training_settings(saved, load_config(CONFIGS / "tiny-test.yaml", ["train.save_every=3"])) == {}
+
+
 def test_configs_that_repeated_the_recipe_include_it():
     from repbend.config import to_dict
 

@@ -32,7 +32,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "repbend"
 
 LAYERS = (
-    ("base", ("repbend.errors", "repbend.atomic", "repbend.cache", "repbend.registry", "repbend.resources",
+    ("base", ("repbend.errors", "repbend.atomic", "repbend.files", "repbend.cache", "repbend.registry", "repbend.resources",
               "repbend.packages", "repbend.chat_api", "repbend.types", "repbend.goals")),
     ("config", ("repbend.config",)),
     ("models", ("repbend.models", "repbend.embeddings")),

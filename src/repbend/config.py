@@ -227,6 +227,9 @@ class EvalConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     capability_tasks: list = field(default_factory=list)
+    # Rows per lm-eval batch (None: batch_size): scoring keeps every position's logits over
+    # the vocabulary, so its memory grows faster with the batch than generation's.
+    capability_batch_size: Optional[int] = None
     capability_limit: Optional[int] = None
     # The offline capability tasks' items: all, or their seeded dev or test half (choices
     # of defaults read dev, final reports test).
@@ -517,7 +520,8 @@ _RULES = {
                     "save_every": at_least(1), "keep_checkpoints": at_least(0), "log_every": at_least(1),
                     "max_unsafe_distance": above(0), "divergence_factor": above(1), "divergence_window": at_least(1),
                     "num_threads": at_least(1), "report_to": _trackers()},
-    "EvalConfig": {"max_new_tokens": at_least(1), "batch_size": at_least(1), "max_batch_tokens": at_least(1)},
+    "EvalConfig": {"max_new_tokens": at_least(1), "batch_size": at_least(1), "max_batch_tokens": at_least(1),
+                   "capability_batch_size": at_least(1)},
     "BuildConfig": {"dev_fraction": interval(0, 1, "()"), "heldout_benign_fraction": interval(0, 1, "()"),
                     "near_duplicate_cosine": interval(0, 1, "(]"), "max_new_tokens": at_least(1),
                     "batch_size": at_least(1), "temperature": above(0)},
@@ -830,15 +834,27 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# Training settings that do not change what is trained: where and how often a run writes,
+# threads, the divergence guard, the trackers. A resumed or reused run may change them.
+RESUME_FREE = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.num_threads",
+               "train.save_merged", "train.max_unsafe_distance", "train.divergence_factor", "train.divergence_window",
+               "train.report_to"}
+
+
 def changed_training_settings(saved_path: Path, config: Config) -> dict:
     """Dotted key -> (saved value, value in ``config``) for every training setting that
-    differs from the resolved config saved at ``saved_path`` (empty when none is saved)."""
+    differs from the resolved config saved at ``saved_path`` (empty when none is saved),
+    but those in :data:`RESUME_FREE`."""
     if not saved_path.is_file():
         return {}
     saved = yaml.safe_load(saved_path.read_text()) or {}
     current = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))
     old, new = _flat(_trained_settings(saved)), _flat(_trained_settings(current))
-    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
+    defaults = _flat(_trained_settings(to_dict(Config())))
+    # A key the saved config lacks (it predates the setting) had the default's effect.
+    old = {**{key: defaults[key] for key in new if key not in old and key in defaults}, **old}
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and key not in RESUME_FREE}
 
 
 def _trained_settings(data: dict) -> dict:

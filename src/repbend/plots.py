@@ -1,10 +1,10 @@
 """PNG plots for reports: training curves and rates per attack (matplotlib, no display)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .eval.results import EvalResults
+from .files import read_jsonl
 from .types import HARMFUL
 
 
@@ -19,7 +19,7 @@ def _pyplot():
 
 def training_curves(metrics_path: Path, png: Path) -> Path:
     """One panel per logged loss term (and the total) over optimizer steps."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = read_jsonl(metrics_path)
     skip = {"step", "grad_norm", "lr", "tokens", "processed_tokens", "tokens_per_s", "seconds"}
     terms = [key for key in rows[0] if key not in skip] if rows else []
     plt = _pyplot()

@@ -155,11 +155,6 @@ def prepare(config: Config) -> tuple:
     return tokenizer, model, method, streams
 
 
-# Settings a resumed run may change without changing what it trains: where and how often
-# it writes, threads, the guard, the trackers.
-RESUME_FREE = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.num_threads",
-               "train.save_merged", "train.max_unsafe_distance", "train.divergence_factor", "train.divergence_window",
-               "train.report_to"}
 # Changes a resumed run accepts only when asked by name (--allow-change).
 RESUME_ALLOWED = {"train.steps"}
 
@@ -237,7 +232,7 @@ def check_resume_settings(saved_path: Path, config: Config, allowed: set) -> Non
         raise ConfigError(f"--allow-change: {', '.join(sorted(unknown))} cannot change on resume; "
                           f"allowed: {', '.join(sorted(RESUME_ALLOWED))}")
     changes = changed_training_settings(saved_path, config)
-    changed = [key for key in changes if key not in RESUME_FREE and key not in allowed]
+    changed = [key for key in changes if key not in allowed]
     if changed:
         listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in changed)
         hint = " (train.steps may grow with --allow-change train.steps)" if "train.steps" in changed else ""

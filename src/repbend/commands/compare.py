@@ -30,6 +30,7 @@ from ..eval.metrics import counted
 from ..eval.report import percent
 from ..eval.results import EvalResults
 from ..eval.stats import non_dominated
+from ..files import read_jsonl
 from ..plots import _pyplot
 from ..resources import ROOT
 from ..types import BENIGN, HARMFUL
@@ -113,7 +114,7 @@ def compare(config: Config, progress: bool = True) -> CompareResult:
         output_dir=config.eval.output_dir or str(out / "eval"),
     )), progress)
     names = {label_of(folder): name for name, folder in folders.items()}
-    records = [json.loads(line) for line in (evaluation.output_dir / "generations.jsonl").read_text().splitlines() if line]
+    records = read_jsonl(evaluation.output_dir / "generations.jsonl")
     data = comparison(evaluation.results, records, names, config.eval.seed)
     data["folders"] = {name: str(folder) for name, folder in folders.items()}
     data["steps"] = config.train.steps

@@ -46,7 +46,6 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +60,7 @@ from ..data.splits import (EVAL_SETS, SPLITS, TRAIN_FILE, deduplicate_splits, di
 from ..errors import ConfigError, DataError
 from ..eval import degeneration as degeneration_module
 from ..eval.attacks.simple import request_text, user_turn
+from ..files import jsonl_text, package_versions
 from ..eval.degeneration import degeneration
 from ..eval.judges import DEFAULT_JUDGE, build_judge, keywords, labelled, learned
 from ..eval.judges.keywords import is_refusal
@@ -110,15 +110,9 @@ def model_identity(model: ModelConfig) -> dict:
     return identity
 
 
-def package_versions() -> dict[str, str | None]:
-    names = sorted({requirement.split("==")[0] for requirement in PACKAGES.values()} | set(VERSIONED))
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def built_with() -> dict[str, str | None]:
+    """The versions of the packages that ship the data and models, and of VERSIONED."""
+    return package_versions(sorted({requirement.split("==")[0] for requirement in PACKAGES.values()} | set(VERSIONED)))
 
 
 def filter_identity() -> dict[str, str]:
@@ -130,7 +124,7 @@ def filter_identity() -> dict[str, str]:
 
 def build_key(config: Config) -> str:
     blob = {"format": FORMAT_VERSION, "build": resolved_build(config.build), "model": model_identity(config.model),
-            "versions": package_versions(), "filters": filter_identity()}
+            "versions": built_with(), "filters": filter_identity()}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -267,10 +261,10 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
          "source": origin(row), "response_from": "model (instructions)"} for row, answer in answered]
 
     training_records = [record for kind in KINDS for record in rows[kind]]
-    texts = {TRAIN_FILE: _jsonl(training_records)}
+    texts = {TRAIN_FILE: jsonl_text(training_records)}
     counts = {kind: len(rows[kind]) for kind in KINDS}
     for (split, name), found in sorted(splits.items()):
-        texts[split_file(split, name)] = _jsonl([eval_record(row) for row in found])
+        texts[split_file(split, name)] = jsonl_text(map(eval_record, found))
         counts[f"{split}_{name}"] = len(found)
     logger.info("checking that train, dev and test share no prompt")
     proof = disjointness({"train": training_prompts(training_records),
@@ -285,7 +279,7 @@ def build_data(config: Config, progress: bool = True) -> BuildResult:
         "build": resolved,
         "model": model_identity(config.model),
         "judge": judge.name,
-        "versions": package_versions(),
+        "versions": built_with(),
         "counts": counts,
         "sources": {
             "train_harmful": dict(Counter(row.benchmark for row in train)),
@@ -364,10 +358,6 @@ def _retain(sources: list[str], benign_rows: list[BehaviorRow], safe_rows: list[
                                             {"role": "assistant", "content": r["response"]}],
               "source": r["source"], "response_from": "model"} for r in safe_rows]
     return chats + pairs
-
-
-def _jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def _write(folder: Path, texts: dict[str, str], manifest: dict) -> None:

@@ -8,12 +8,9 @@ judge failure stops the evaluation (never a silent "safe").
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from ..atomic import write_text
 from ..config import Config, save_config, to_dict
 from ..data.benchmarks import load_benchmark
 from ..errors import ConfigError
@@ -23,11 +20,12 @@ from ..eval.judges import DEFAULT_JUDGE, build_judge
 from ..eval.judging import judge_responses
 from ..eval.metrics import group_metrics, rate, summary
 from ..eval.report import write_report
+from ..files import package_versions, write_jsonl
 from ..eval.results import CapabilityScore, EvalResults, EvaluatedModel
 from ..generate import EndpointBackend, GenerationCache, GenerationSettings, HFBackend, VLLMBackend, generate
 from ..types import CAPABILITY
 
-VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm_eval")
+VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm-eval")
 
 
 @dataclass
@@ -35,16 +33,6 @@ class EvalResult:
     output_dir: Path
     results: EvalResults  # as written to results.json
     generated: int  # responses generated now (the rest came from the cache)
-
-
-def package_versions() -> dict:
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name.replace("_", "-"))
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def candidates(config: Config) -> list:
@@ -136,7 +124,8 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                 raise ConfigError("capability tasks run through lm-eval on the hf backend")
             scores = evaluate_capability(
                 backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
-                limit=e.capability_limit, split=e.capability_split, batch_size=e.batch_size,
+                limit=e.capability_limit, split=e.capability_split,
+                batch_size=e.capability_batch_size or e.batch_size,
             )
             capability[label] = {task: CapabilityScore.from_json(score, f"capability[{task!r}]")
                                  for task, score in scores.items()}
@@ -154,9 +143,9 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
         capability=capability,
         summary=summary(entries, capability),
         config=to_dict(config),
-        versions=package_versions(),
+        versions={name: version for name, version in package_versions(VERSIONED).items() if version},
     )
-    write_text(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_jsonl(out / "generations.jsonl", records)
     results.save(out / "results.json")
     write_report(results, out / "results.md")
     return EvalResult(out, results, generated)

@@ -20,6 +20,7 @@ from ..eval.report import render_markdown
 from ..goals import (MAX_ASR_RATIO, MAX_ASR_RATIO_OTHER, MAX_BENIGN_DEGENERATE, MAX_CAPABILITY_DROP,
                      MAX_PEAK_MEMORY_GB, MIN_HELPFUL_RATIO, MIN_OVER_REFUSAL_RATIO)
 from ..eval.results import EvalResults
+from ..files import read_jsonl
 from ..plots import rates_by_attack, training_curves
 from ..resources import CONFIG_DIR
 from ..training import train
@@ -200,7 +201,7 @@ def cut_words(text: str, words: int) -> str:
 def examples(generations: Path, per_group: int = 2) -> list:
     """Markdown lines: a few responses per (benchmark, attack, model); answers to
     harmful prompts cut to their first words."""
-    records = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+    records = read_jsonl(generations)
     seen: dict = {}
     lines = []
     for record in records:

@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import DataConfig, SourceConfig
-from ..atomic import write_text
 from ..errors import ConfigError, DataError
+from ..files import write_jsonl
 from .examples import KINDS, RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE, Example
 from .readers import read_records, read_source
 
@@ -138,7 +138,7 @@ def save_sets(sets: dict[str, list[Example]], folder: str | Path) -> None:
     """Write one ``<kind>.jsonl`` per kind (empty sets too), each atomically."""
     for kind in KINDS:
         rows = sets.get(kind, [])
-        write_text(Path(folder) / f"{kind}.jsonl", "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in rows))
+        write_jsonl(Path(folder) / f"{kind}.jsonl", (e.to_dict() for e in rows))
 
 
 def load_sets(folder: str | Path) -> dict[str, list[Example]]:

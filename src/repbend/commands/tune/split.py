@@ -13,6 +13,7 @@ from ...config import Config
 from ...data.benchmarks import load_benchmark, sample_rows
 from ...data.splits import TRAIN_FILE, eval_record, split_file
 from ...errors import ConfigError
+from ...files import jsonl_text
 
 HARMFUL_LABEL, BENIGN_LABEL, OVERREFUSAL_LABEL = "tune_harmful", "tune_benign", "tune_overrefusal"
 
@@ -43,8 +44,7 @@ def dev_split(config: Config, data_dir: Path, folder: Path) -> TuneSplit:
         BENIGN_LABEL: _dev_sample(data_dir, ("benign", "everyday"), t.benign_prompts, t.seed, "benign"),
         OVERREFUSAL_LABEL: _dev_sample(data_dir, ("over_refusal",), t.overrefusal_prompts, t.seed, "overrefusal"),
     }
-    texts = {label: "".join(json.dumps(eval_record(row), ensure_ascii=False) + "\n" for row in rows)
-             for label, rows in sets.items()}
+    texts = {label: jsonl_text(map(eval_record, rows)) for label, rows in sets.items()}
     files = {label: write_text(folder / f"{label}.jsonl", text) for label, text in texts.items()}
     files["train"] = data_dir / TRAIN_FILE
     counts = {label: len(rows) for label, rows in sets.items()}

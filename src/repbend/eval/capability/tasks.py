@@ -15,6 +15,7 @@ import yaml
 from ...atomic import write_text
 from ...config import check_capability_split
 from ...errors import DataError
+from ...files import jsonl_text, read_jsonl
 from ...packages import package_file
 
 # The (metric, lm-eval filter) each standard task reports. acc_norm (per-byte) where
@@ -39,7 +40,7 @@ def _field(record: dict, name: str, path: Path, index: int):
 
 def _read_rows(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(path)
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list):
         raise DataError("expected a JSON list of records", file=path)
@@ -183,7 +184,7 @@ def capability_tasks_dir(cache_dir: str | Path, split: str = "all") -> Path:
     for name, task in OFFLINE_TASKS.items():
         data = root / "data" / f"{name}.jsonl"
         docs = offline_task_docs(name, split)
-        _write_if_changed(data, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs))
+        _write_if_changed(data, jsonl_text(docs))
         config = {
             "task": name,
             "dataset_path": "json",
