@@ -98,7 +98,8 @@ def test_judge_failure_is_an_error_and_keeps_generations(eval_config, monkeypatc
     with pytest.raises(RepbendError, match="unreachable"):
         evaluate(config, progress=False)
     cache = Path(config.output_dir) / "eval" / "cache" / "generations.jsonl"
-    assert len(cache.read_text().splitlines()) == 5  # the direct generations are kept
+    # Every answer of the model is generated before the judge reads any: all are kept.
+    assert len(cache.read_text().splitlines()) == 10  # 5 rows x (direct, prefill)
 
 
 def test_bad_eval_input_is_a_clear_error(eval_config, tmp_path):

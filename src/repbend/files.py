@@ -11,8 +11,10 @@ from .atomic import write_text
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Every record of a JSON Lines file (blank lines skipped)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Every record of a JSON Lines file (blank lines skipped). Records end at "\n" only:
+    ``str.splitlines`` would also cut at the line and paragraph separators that a model's
+    answer may hold (written unescaped)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def jsonl_text(records: Iterable[dict]) -> str:

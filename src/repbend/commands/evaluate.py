@@ -107,6 +107,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
     records, capability, generated = [], {}, 0
     for label, model_config, adapter in candidates(config):
         backend = make_backend(config, model_config, adapter)
+        groups = []  # the attacked prompts of each (benchmark, attack)
         for spec in e.benchmarks:
             benchmark_rows = [row for row in rows[spec.label or spec.name] if row.expected != CAPABILITY]
             for attack_name in spec.attacks:
@@ -115,10 +116,15 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                     cache_dir=out / "cache" / "attacks", seed=e.seed,
                     options={"identity": backend.identity, **e.attack_options.get(attack_name, {})},
                 )
-                prompts = ATTACKS.get(attack_name)().prepare(benchmark_rows, context)
-                responses, fresh = generate(backend, prompts, settings, cache, progress)
-                generated += fresh
-                records += judge_responses(label, prompts, responses, judge, refusals)
+                groups.append(ATTACKS.get(attack_name)().prepare(benchmark_rows, context))
+        # One generation over every set and attack, so batches are full and sorted by length
+        # across them (a batch runs as long as its longest answer, however few rows it has).
+        responses, fresh = generate(backend, [p for prompts in groups for p in prompts], settings, cache, progress)
+        generated += fresh
+        start = 0
+        for prompts in groups:
+            records += judge_responses(label, prompts, responses[start:start + len(prompts)], judge, refusals)
+            start += len(prompts)
         if e.capability_tasks:
             if not isinstance(backend, HFBackend):
                 raise ConfigError("capability tasks run through lm-eval on the hf backend")
