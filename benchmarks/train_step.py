@@ -28,12 +28,12 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from repbend.config import load_config
 from repbend.data.collate import MicroBatches
+from repbend.files import jsonl_text, read_jsonl
 from repbend.methods import Runner
 from repbend.methods.terms import next_token_targets, token_cross_entropy
 from repbend.training import prepare, resolve_precision
@@ -154,13 +154,13 @@ def main() -> None:
 def lengthened(source, times: int):
     """A copy of a generic-layout JSONL source with each text (prompt, response, message)
     repeated."""
-    rows = [json.loads(line) for line in Path(source.path).read_text().splitlines() if line.strip()]
+    rows = read_jsonl(source.path)
     for row in rows:
         for holder, key in [(row, "prompt"), (row, "response"), *((m, "content") for m in row.get("messages", []))]:
             if key in holder:
                 holder[key] = " ".join([holder[key]] * times)
     handle = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
-    handle.write("".join(json.dumps(row) + "\n" for row in rows))
+    handle.write(jsonl_text(rows))
     handle.close()
     return type(source)(path=handle.name, layout="generic", kinds=source.kinds)
 

