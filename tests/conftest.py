@@ -30,6 +30,16 @@ TINY_LLAMA = dict(
 )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose much when the cores are
+    busy (a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def byte_tok():
     """A fresh byte-level tokenizer with the ChatML template (tests may modify it)."""

@@ -16,7 +16,7 @@ from repbend.analysis.geometry import (
     layer_geometry,
     pca_2d,
 )
-from repbend.analysis.hooks import capture_hidden
+from repbend.hidden import capture_hidden
 from repbend.analysis.lens import lens_logits, refusal_token_ids, refusal_words
 from repbend.analysis.measure import adapter_folder, forced_answer
 from repbend.cli import main

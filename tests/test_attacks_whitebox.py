@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from repbend.errors import ConfigError
 from repbend.eval.attacks import ATTACKS, AttackContext
@@ -23,13 +26,7 @@ FAST_GCG = dict(steps=5, search_width=32, topk=16, batch_size=16)
 FAST_EMBEDDING = dict(steps=5, lr=0.05)  # lr 1e-4 barely moves a random model in 5 steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_context(model, tokenizer, cache_dir=None, seed=0, **options) -> AttackContext:
@@ -198,3 +195,26 @@ def test_input_embedding_is_cached_and_deterministic(byte_tok, tiny_llama, tmp_p
     second = InputEmbeddingAttack().prepare([ROW], context)
     assert second[0].embeds_digest == first[0].embeds_digest and second[0].meta == first[0].meta
     assert torch.equal(second[0].embeds, first[0].embeds)
+
+
+def test_each_rows_result_and_loss_curve_are_saved(byte_tok, tiny_llama, tmp_path):
+    """One file per (model, row) under the cache folder: the best suffix or the optimised
+    embeddings, the loss curve, and the key naming the model and the row."""
+    options = dict(identity="hf:tiny")
+    (suffix,) = GCGAttack().prepare([ROW], make_context(tiny_llama, byte_tok, tmp_path, **options, **FAST_GCG))
+    saved = json.loads(Path(suffix.meta["result_file"]).read_text())
+    assert saved["key"]["model"] == "hf:tiny" and saved["key"]["behavior"][0] == ROW.id
+    result = saved["result"]
+    assert result["suffix"] == suffix.meta["suffix"] and len(result["losses"]) == result["steps"] + 1 == 6
+    assert result["losses"][0] == result["initial_loss"] and min(result["losses"]) == result["loss"]
+
+    (embedded,) = InputEmbeddingAttack().prepare(
+        [ROW], make_context(tiny_llama, byte_tok, tmp_path, **options, **FAST_EMBEDDING))
+    path = Path(embedded.meta["result_file"])
+    assert path.parent == tmp_path / "input_embedding" and path.suffix == ".safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        assert torch.equal(handle.get_tensor("prompt_embeds"), embedded.embeds)
+    losses = json.loads(metadata["losses"])
+    assert json.loads(metadata["key"])["model"] == "hf:tiny"
+    assert len(losses) == 6 and losses[0] == embedded.meta["initial_loss"] and min(losses) == embedded.meta["loss"]

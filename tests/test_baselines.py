@@ -163,7 +163,9 @@ def test_task_arithmetic_equals_the_merge_by_hand(tmp_path):
     from repbend.commands.evaluate import candidates
     from repbend.generate import HFBackend
 
-    config = method_config(load_config(TINY, [f"output_dir={tmp_path}", "train.lr=1e-2"]), "task_arithmetic")
+    config = method_config(load_config(TINY, [f"output_dir={tmp_path}",
+                                               "compare.overrides={task_arithmetic: [train.lr=1e-2]}"]),
+                           "task_arithmetic")
     merged = task_arithmetic(config, progress=False)
     out = Path(config.output_dir)
     assert merged == out / "merged"

@@ -15,6 +15,7 @@ from repbend.config import load_config
 from repbend.data import splits
 from repbend.errors import ConfigError
 from repbend.eval.results import CapabilityScore
+import repbend.commands.relearn as relearn_command
 import repbend.commands.task_arithmetic as task_arithmetic_command
 from conftest import SMALL, bag_of_words
 
@@ -52,6 +53,37 @@ def test_compare_writes_every_artifact(compared):
     assert data["folders"]["task_arithmetic"].endswith("task_arithmetic/merged")
 
 
+def test_every_method_gets_white_box_rows_with_their_results_saved(compared):
+    _, result = compared
+    data = json.loads((result.output_dir / "compare.json").read_text())
+    white_box = ["generic / gcg", "generic / input_embedding", "generic / steering"]
+    assert set(white_box) <= set(data["harmful"])
+    assert all(data["scores"][model]["asr"][key]["value"] is not None for model in data["models"] for key in white_box)
+    table = (result.output_dir / "compare.md").read_text()
+    assert all(f"| ASR {key} |" in table for key in white_box)
+    records = [json.loads(line) for line in (result.output_dir / "eval" / "generations.jsonl").read_text().splitlines()]
+    for attack, field in (("gcg", "result_file"), ("input_embedding", "result_file"), ("steering", "direction_file")):
+        files = {(r["model"], r["row_id"]): r["attack_meta"][field] for r in records if r["attack"] == attack}
+        assert {model for model, _ in files} == set(data["labels"].values()), attack
+        assert all(Path(path).is_file() for path in files.values()), attack
+        # A result per model and row; the steering direction is the base model's, one for all.
+        assert len(set(files.values())) == (1 if attack == "steering" else len(files)), attack
+
+
+def test_compare_has_the_relearning_curve_of_every_model(compared):
+    config, result = compared
+    data = json.loads((result.output_dir / "compare.json").read_text())
+    relearn = data["relearn"]
+    assert list(relearn["curves"]) == data["models"]
+    for model, points in relearn["curves"].items():
+        assert [point["steps"] for point in points] == config.relearn.steps
+        # Step 0 is the model the main evaluation scored (the first benchmark, direct requests).
+        assert points[0]["asr"] == data["scores"][model]["asr"][f"{relearn['benchmark']} / direct"]["value"]
+    assert (result.output_dir / relearn["plot"]).read_bytes()[:4] == b"\x89PNG"
+    section = (result.output_dir / "compare.md").read_text().split("## Re-learning attack")[1]
+    assert all(f"| {model} |" in section for model in data["models"]) and relearn["plot"] in section
+
+
 def cell_numbers(cell: str) -> list:
     return [float(x) for x in re.findall(r"-?\d+\.\d", cell)]
 
@@ -59,7 +91,8 @@ def cell_numbers(cell: str) -> list:
 def test_the_table_shows_compare_json(compared):
     _, result = compared
     data = json.loads((result.output_dir / "compare.json").read_text())
-    lines = [line for line in (result.output_dir / "compare.md").read_text().splitlines() if line.startswith("| ")]
+    text = (result.output_dir / "compare.md").read_text().split("## Re-learning attack")[0]  # the main table
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = {cells[0]: dict(zip(header, cells)) for cells in
             ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:])}
@@ -107,6 +140,7 @@ def test_a_second_compare_reuses_every_run(compared, monkeypatch, capsys):
         raise AssertionError("a finished training run was trained again")
 
     monkeypatch.setattr(task_arithmetic_command, "train", no_training)
+    monkeypatch.setattr(relearn_command, "train", no_training)
     monkeypatch.chdir(ROOT)
     assert main(["compare", str(TINY), f"output_dir={config.output_dir}", "-q"]) == 0
     assert "| task_arithmetic |" in capsys.readouterr().out
@@ -140,7 +174,7 @@ def test_overlays_set_each_methods_settings(tmp_path):
     assert list(npo.loss.sections) == ["npo"]  # another method's loss starts from the defaults
     rmu = method_config(base, "rmu")
     assert rmu.lora.target_modules == ["gate_proj", "up_proj", "down_proj"] and rmu.lora.r == base.lora.r
-    assert (rmu.loss.settings.layer, rmu.loss.settings.steering_coef, rmu.loss.settings.retain_coef) == ("auto", 6.5, 1200.0)
+    assert (rmu.loss.settings.layer, rmu.loss.settings.steering_coef, rmu.loss.settings.retain_coef) == ("auto", 120.0, 1200.0)
     assert method_config(base, "circuit_breaker").loss.settings.alpha == 10.0
     assert method_config(base, "task_arithmetic").loss.settings.unsafe_weight == 0.1
     assert Path(npo.output_dir) == tmp_path / "npo"

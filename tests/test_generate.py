@@ -347,3 +347,17 @@ def test_vllm_backend_gets_the_model_settings_and_the_hf_prompt_tokens(tiny_mode
     for change in (dict(dtype="float16"), dict(revision="def456"), dict(chat_template="{{ messages[0]['content'] }}")):
         other = ModelConfig(**{**vars(config), **change})
         assert VLLMBackend(other).identity != backend.identity, change
+
+def test_vllm_backend_refuses_steering(tiny_model_folder, fake_vllm):
+    import torch
+
+    from repbend.config import ModelConfig
+    from repbend.errors import ConfigError
+    from repbend.generate import VLLMBackend
+    from repbend.types import Steering
+
+    (prompt,) = prompts(["hello"])
+    steered = replace(prompt, steering=Steering(torch.ones(32), 1.0, (1,), "digest"))
+    with pytest.raises(ConfigError, match="vllm backend cannot steer"):
+        VLLMBackend(ModelConfig(name_or_path=str(tiny_model_folder))).generate([steered], GenerationSettings())
+    assert fake_vllm.calls == []

@@ -6,7 +6,7 @@ Layers, lowest first (a module may import its own layer and the layers below it)
    records that flow between stages: benchmark rows, attacked prompts, verdicts), goals
    (the main job's targets)
 2. config
-3. models, embeddings
+3. models, embeddings, hidden (hooks on the residual stream, last-token states)
 4. data: readers, sets, rendering, batches, benchmark readers, prompt sources, splits,
    refusals (the data *library*; the build is a command)
 5. generate
@@ -35,7 +35,7 @@ LAYERS = (
     ("base", ("repbend.errors", "repbend.atomic", "repbend.files", "repbend.cache", "repbend.registry", "repbend.resources",
               "repbend.packages", "repbend.chat_api", "repbend.types", "repbend.goals")),
     ("config", ("repbend.config",)),
-    ("models", ("repbend.models", "repbend.embeddings")),
+    ("models", ("repbend.models", "repbend.embeddings", "repbend.hidden")),
     ("data", ("repbend.data",)),
     ("generate", ("repbend.generate",)),
     ("methods", ("repbend.methods",)),
@@ -56,7 +56,7 @@ LAZY_ALLOWED = {
     # only when it runs, so `repbend --help`, `repbend report` and a config error answer
     # at once.
     **{("repbend.cli", handler): "import speed" for handler in
-       ("_train", "_eval", "_data", "_report", "_run", "_analyze", "_tune", "_compare")},
+       ("_train", "_eval", "_data", "_report", "_run", "_analyze", "_tune", "_compare", "_relearn")},
 }
 
 

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 import repbend.commands.run as run_command
+from repbend.commands import stages
 from repbend.commands.run import run, summary_lines, target_checks
 from repbend.config import load_config
 from repbend.data import splits
+from repbend.errors import RepbendError
+from repbend.files import read_jsonl
 from repbend.eval.report import render_markdown
 from repbend.eval.results import CapabilityScore, EvalResults, EvaluatedModel, MetricEntry, Rate
 from conftest import SMALL, bag_of_words
@@ -18,12 +22,12 @@ from conftest import SMALL, bag_of_words
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_run_config(folder: Path):
+def tiny_run_config(folder: Path, *overrides: str):
     return load_config(ROOT / "configs" / "tiny-test.yaml", [
         f"output_dir={folder}", *SMALL, "steps=2",
         "eval.benchmarks=[{name: generic, label: harmful, path: '{data_dir}/test_harmful.jsonl', "
         "attacks: [direct, prefill]}, {name: generic, label: benign, path: '{data_dir}/test_benign.jsonl'}]",
-        "eval.judge=keywords", "eval.max_new_tokens=6",
+        "eval.judge=keywords", "eval.max_new_tokens=6", *overrides,
     ])
 
 
@@ -67,6 +71,45 @@ def test_the_same_seed_gives_the_same_results_twice(tmp_path, monkeypatch):
             == (second.output_dir / "data" / "train.jsonl").read_bytes())
     assert ((first.output_dir / "adapter" / "adapter_model.safetensors").read_bytes()
             == (second.output_dir / "adapter" / "adapter_model.safetensors").read_bytes())
+
+
+def test_stages_in_fresh_processes_give_the_same_results(tmp_path, monkeypatch):
+    """With run.isolate_stages the training and the evaluation run in processes of their
+    own; the results are those of one process, and the peak counts the children."""
+    monkeypatch.setattr(splits, "embed", bag_of_words)  # the data build stays here: cached below
+    together = run(tiny_run_config(tmp_path / "together" / "run"), progress=False)
+    # Its own generation cache: the shared one would answer every prompt from the first run.
+    apart = tiny_run_config(tmp_path / "apart" / "run", f"build.output_dir={together.output_dir / 'data'}",
+                            f"eval.generation_cache={tmp_path / 'apart' / 'answers.jsonl'}", "run.isolate_stages=true")
+    before = stages.peak_memory_gb()
+    result = run(apart, progress=False)
+    assert result.results.metrics == together.results.metrics
+    assert ((result.output_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+            == (together.output_dir / "adapter" / "adapter_model.safetensors").read_bytes())
+    assert (result.output_dir / "analysis" / "analysis.json").is_file()
+    assert result.peak_memory_gb >= before > 0
+    assert len(read_jsonl(tmp_path / "apart" / "answers.jsonl")) == len(read_jsonl(together.output_dir / "eval" / "generations.jsonl"))
+
+
+def test_runs_on_one_build_share_the_evaluation_answers(tmp_path, monkeypatch):
+    """The evaluation's answers are cached beside the build, keyed by weights, prompt and
+    settings: a second run on the same build generates only what changed (its adapter)."""
+    monkeypatch.setattr(splits, "embed", bag_of_words)
+    first = run(tiny_run_config(tmp_path / "first"), progress=False)
+    cache = first.output_dir / "data" / "cache" / run_command.EVALUATION_CACHE
+    answers = len(read_jsonl(cache))
+    assert answers == len(read_jsonl(first.output_dir / "eval" / "generations.jsonl"))
+    second = run(tiny_run_config(tmp_path / "second", f"build.output_dir={first.output_dir / 'data'}", "train.lr=0.5"),
+                 progress=False)
+    per_model = answers // 2
+    assert len(read_jsonl(cache)) == answers + per_model  # the base model's answers came from the cache
+    base = lambda result: [m for m in result.results.metrics if m.model == "base"]  # noqa: E731
+    assert base(first) == base(second)
+
+
+def test_a_stage_whose_process_dies_is_a_clear_error():
+    with pytest.raises(RepbendError, match="the training process died"):
+        stages.in_fresh_process("training", os._exit, 1)
 
 
 def test_run_refuses_to_mix_runs_with_other_settings(tmp_path, monkeypatch):

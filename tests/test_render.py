@@ -185,6 +185,25 @@ def test_an_opening_is_prompt_side_context(templated):
     assert decode(tokenizer, last) == decode(tokenizer, ids_of(tokenizer, example.opening)[-1:])
 
 
+def test_response_without_end_of_turn(templated):
+    # data.response_end_of_turn=false: the response is the answer's text alone (as the
+    # reference code tokenized it), also where the template trims the answer.
+    tokenizer, template = templated
+    for example in EXAMPLES + [replace(EXAMPLES[0], response=EXAMPLES[0].response + "\n")]:
+        row = render_example(tokenizer, example, **LIMITS, end_of_turn=False)
+        assert decode(tokenizer, row.input_ids[: row.prompt_len]) == template.prompt(example.messages)
+        assert decode(tokenizer, row.input_ids[row.prompt_len :]) == example.response.strip()
+
+
+def test_response_without_end_of_turn_needs_the_answer_text(byte_tok):
+    byte_tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(DataError, match="data.response_end_of_turn=false"):
+        render_example(byte_tok, EXAMPLES[0], **LIMITS, end_of_turn=False)
+
+
 @pytest.mark.parametrize("mode", LOSS_MODES)
 def test_select_tokens_decodes_to_intended_span(templated, mode):
     tokenizer, template = templated

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 
 import repbend.commands.run as run_command
@@ -25,13 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tune-tiny.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny model's ops are too small to split: on a shared machine threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +131,21 @@ def test_study_resumes_after_an_interrupt_and_writes_front_and_config(tmp_path, 
     for label in ("tune_harmful", "tune_benign", "tune_overrefusal"):
         tuning = prompts(folder / f"{label}.jsonl")
         assert tuning and tuning <= dev and not tuning & test, label
+
+
+def test_a_grid_study_of_a_compare_method_tries_each_value_once(tmp_path, built):
+    """tune.method trains the method as `repbend compare` does (its overlay's loss and lr)
+    in OUTPUT_DIR/<method>; tune.sampler=grid runs each scaled lr once, and a re-run none."""
+    overrides = ("tune.method=npo", "tune.sampler=grid", "tune.enqueue=[]", "tune.final=false",
+                 "tune.space={train.lr: {factors: [0.5, 1, 2]}}")
+    result = tune(tiny(tmp_path, built, *overrides), progress=False)
+    assert result.folder == tmp_path / "npo" / "tune" and result.counts == {"complete": 3}
+    study = optuna.load_study(study_name="repbend", storage=result.storage)
+    assert sorted(t.params["train.lr"] for t in study.trials) == [5e-4, 1e-3, 2e-3]  # npo's overlay: 1e-3
+    trained = load_config(result.folder / "trial-000" / "config.yaml")
+    assert trained.loss.method == "npo" and trained.train.lr in (5e-4, 1e-3, 2e-3)
+    again = tune(tiny(tmp_path, built, *overrides), progress=False)
+    assert again.counts == {"complete": 3}
 
 
 def test_trials_are_pruned_on_divergence_and_at_the_check(tmp_path, built, monkeypatch):

@@ -148,6 +148,24 @@ def _compare(args) -> int:
     print(f"took {(time.time() - started) / 60:.1f} min")
     for name in ("compare.md", "compare.json", "safety_usability.png"):
         print(f"{name + ':':<22}{result.output_dir / name}")
+    if "relearn" in result.data:
+        print(f"{'relearn.png:':<22}{result.output_dir / result.data['relearn']['plot']}")
+    return 0
+
+
+def _relearn(args) -> int:
+    import dataclasses
+
+    from .commands.relearn import relearn, summary_lines
+    from .config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.adapter:
+        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, adapters=args.adapter))
+    started = time.time()
+    result = relearn(config, progress=not args.quiet)
+    print("\n" + "\n".join(summary_lines(result)))
+    print(f"took {(time.time() - started) / 60:.1f} min")
     return 0
 
 
@@ -228,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
         "seed and step budget into OUTPUT_DIR/<method>/ (finished runs are reused), evaluate the base model and "
         "every result in one evaluation, and write compare.md, compare.json and safety_usability.png.",
     )
+    relearn = config_command(
+        commands, "relearn", _relearn,
+        help="re-learning attack: ASR after N steps of LoRA fine-tuning on harmful answers",
+        description="Fine-tune each model under test (the base model and eval.adapters, or --adapter) with a fresh "
+        "LoRA on relearn.rows harmful answers (P_uu rows) of the training data, and read the ASR of one benchmark "
+        "and attack (relearn.benchmark, relearn.attack) after each number of steps in relearn.steps; writes "
+        "relearn.json and relearn.png to relearn.output_dir (default OUTPUT_DIR/relearn). Finished steps are reused.",
+    )
+    relearn.add_argument("--adapter", action="append", default=[], metavar="PATH",
+                         help="an adapter or merged model folder to attack (repeatable; default: eval.adapters)")
 
     report = commands.add_parser(
         "report",

@@ -93,6 +93,15 @@ class DataConfig:
     max_retain_tokens: int = 1024
     # Sort rows of similar length into the same micro-batch (less padding).
     group_by_length: bool = False
+    # What one item of a micro-batch holds. "streams": one row of each set a method reads
+    # (safe = P_s and P_us mixed, unsafe, retain). "recipe": the reference code's item, a
+    # P_s row and a P_us refusal (two safe rows), two P_uu rows and one retain row, so
+    # each step sees twice the harmful rows and the cosine term 2m(2m-1) pairs, not m(m-1).
+    batch_composition: Literal["streams", "recipe"] = "streams"
+    # The response span ends with the chat template's end-of-turn marker (<|eot_id|>,
+    # <|im_end|> and its newline, </s>). False: the answer's text only, as the reference
+    # code tokenized responses; the distance terms then never read the marker's states.
+    response_end_of_turn: bool = True
     # Beyond the recipe (off there): this share of the P_us rows that have a P_uu answer
     # to the same prompt also come as "first 1..recovery_max_words words of that answer,
     # then the refusal", the opening as context only, so the model learns to stop after
@@ -147,7 +156,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     steps: int = 450
-    micro_batch: int = 4  # items per micro-batch (each item: one row of every set)
+    micro_batch: int = 4  # items per micro-batch (what an item holds: data.batch_composition)
     grad_accum: int = 4
     lr: float = 1e-5
     scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
@@ -236,6 +245,10 @@ class EvalConfig:
     capability_split: str = "all"
     seed: int = 0
     output_dir: Optional[str] = None  # default: <output_dir>/eval
+    # JSONL of finished generations (default <eval output>/cache/generations.jsonl); keyed
+    # by weights, prompt and settings, so runs may share one (`repbend run` keeps it beside
+    # its built data: the base model's answers are then generated once per build).
+    generation_cache: Optional[str] = None
 
     def __post_init__(self):
         check_capability_split(self.capability_split)
@@ -306,12 +319,17 @@ class TuneConfig:
     timeout_minutes: Optional[float] = None  # no new trial starts after this (None = no limit)
     storage: Optional[str] = None  # an Optuna storage URL; None = sqlite:///OUTPUT_DIR/tune/study.db
     study_name: str = "repbend"
-    sampler: Literal["tpe", "nsga2"] = "tpe"
+    # grid: every combination of the space's choices, each tried once (trials = their number).
+    sampler: Literal["tpe", "nsga2", "grid"] = "tpe"
     startup_trials: int = 4  # random trials before the sampler models the results
     seed: int = 0
     n_jobs: int = 1  # trials run at once (threads in one process)
-    # Dotted config key -> {low, high[, log | step]} or {choices: [...]}.
+    # Dotted config key -> {low, high[, log | step]}, {choices: [...]} or {factors: [...]}
+    # (choices: the config's value times each factor).
     space: dict = field(default_factory=dict)
+    # A `repbend compare` method: the study searches the config with its overlay
+    # (compare.method_dir/<name>.yaml) and compare.overrides.<name>, as compare trains it.
+    method: Optional[str] = None
     enqueue: list = field(default_factory=list)  # points (space key -> value) tried first
     # The best point: helpfulness and over-refusal compliance at least these shares of
     # the base model's, degenerate shares at most these (None = no bound); by default the
@@ -350,6 +368,41 @@ class CompareConfig:
 
 
 @dataclass
+class RunConfig:
+    """`repbend run`'s own settings."""
+
+    # The data build (when it must generate), the training and the evaluation with the
+    # analysis each in a fresh process: the peak memory is the largest stage's, not what
+    # one process accumulates across them (4.4 GB against 3.5 GB, measured). Costs one
+    # package import per stage (about 4 s); off, monkeypatched functions reach every stage.
+    isolate_stages: bool = True
+
+
+@dataclass
+class RelearnConfig:
+    """`repbend relearn`: the re-learning attack. A fresh LoRA on the trained model (base +
+    adapter merged) is fine-tuned with plain cross-entropy on ``rows`` harmful (P_uu) answers
+    of the training data; ASR under one benchmark and attack is read after each number of
+    optimizer steps in ``steps`` (one run, read at each point; 0 = no re-learning). A config
+    without this section leaves it out of `repbend compare`."""
+
+    rows: int = 32
+    steps: list[int] = field(default_factory=lambda: [0, 8, 16, 32, 64])
+    lr: float = 2e-4
+    micro_batch: int = 4
+    seed: int = 0  # the rows drawn, their order, the LoRA's initial weights
+    # The label (or name) of the eval.benchmarks entry scored; None: the first one.
+    benchmark: Optional[str] = None
+    attack: str = "direct"
+    output_dir: Optional[str] = None  # default: <output_dir>/relearn
+
+    def __post_init__(self):
+        if any(step < 0 for step in self.steps) or self.steps != sorted(set(self.steps)) or not self.steps:
+            raise ConfigError(f"relearn.steps: expected optimizer step counts >= 0 in increasing order, "
+                              f"each once, got {self.steps!r}")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -361,6 +414,8 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    relearn: Optional[RelearnConfig] = None  # an optional section: off unless configured
+    run: RunConfig = field(default_factory=RunConfig)
     output_dir: str = "runs/default"
 
 
@@ -372,6 +427,17 @@ ALIASES = {"steps": "train.steps", "lr": "train.lr", "model": "model.name_or_pat
 def _field_types(cls) -> dict:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _section_class(annotation):
+    """The dataclass of a section field, ``X`` or an optional section ``Optional[X]``
+    (None when absent, e.g. ``relearn``); None for a setting."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if typing.get_origin(annotation) not in (Union, types.UnionType):
+        return None
+    options = [option for option in typing.get_args(annotation) if option is not type(None)]
+    return options[0] if len(options) == 1 and dataclasses.is_dataclass(options[0]) else None
 
 
 def _coerce(value: Any, annotation, key: str):
@@ -461,8 +527,10 @@ def _build(cls, data: dict, prefix: str):
             kwargs[spread][key] = _build(sections[key], value or {}, f"{full}.")
         elif key not in types_ or key == spread:
             raise ConfigError(unknown_key(full, all_keys(cls, prefix)))
-        elif dataclasses.is_dataclass(types_[key]):
-            kwargs[key] = _build(types_[key], value or {}, f"{full}.")
+        elif _section_class(types_[key]) is not None:
+            section = _section_class(types_[key])
+            optional = section is not types_[key]
+            kwargs[key] = None if optional and value is None else _build(section, value or {}, f"{full}.")
         else:
             kwargs[key] = _coerce(value, types_[key], full)
     built = cls(**kwargs)
@@ -522,6 +590,7 @@ _RULES = {
                     "num_threads": at_least(1), "report_to": _trackers()},
     "EvalConfig": {"max_new_tokens": at_least(1), "batch_size": at_least(1), "max_batch_tokens": at_least(1),
                    "capability_batch_size": at_least(1)},
+    "RelearnConfig": {"rows": at_least(1), "lr": above(0), "micro_batch": at_least(1)},
     "BuildConfig": {"dev_fraction": interval(0, 1, "()"), "heldout_benign_fraction": interval(0, 1, "()"),
                     "near_duplicate_cosine": interval(0, 1, "(]"), "max_new_tokens": at_least(1),
                     "batch_size": at_least(1), "temperature": above(0)},
@@ -659,8 +728,8 @@ def all_keys(cls, prefix: str = "") -> list:
         if name == _sections_field(cls):
             for method, settings in method_settings_classes().items():
                 keys += all_keys(settings, f"{prefix}{method}.")
-        elif dataclasses.is_dataclass(annotation):
-            keys += all_keys(annotation, f"{prefix}{name}.")
+        elif _section_class(annotation) is not None:
+            keys += all_keys(_section_class(annotation), f"{prefix}{name}.")
         else:
             keys.append(f"{prefix}{name}")
     return keys
@@ -673,7 +742,7 @@ def field_annotation(key: str):
     cls = Config
     for section in sections:
         types_ = _field_types(cls)
-        cls = types_[section] if section in types_ else method_settings_classes()[section]
+        cls = _section_class(types_[section]) if section in types_ else method_settings_classes()[section]
     return _field_types(cls)[name]
 
 

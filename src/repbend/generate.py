@@ -1,7 +1,8 @@
 """One generation path for every evaluation (and later data building and analysis).
 
-A backend turns attacked prompts (chat messages, an optional assistant prefill, or
-optimised input embeddings) into responses: ``hf`` (transformers, batched, left-padded),
+A backend turns attacked prompts (chat messages, an optional assistant prefill,
+optimised input embeddings, a steering of the hidden states) into responses: ``hf``
+(transformers, batched, left-padded; the only one that takes embeddings or steering),
 ``vllm`` (optional extra, GPU, LoRA through its adapter support) and ``endpoint`` (an
 OpenAI-compatible chat API as the model under test). :func:`generate` puts an on-disk
 cache in front of any backend, keyed by (backend identity, prompt, settings), and writes
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import torch
 from .cache import file_digest, folder_digest
 from .chat_api import ChatClient
 from .errors import ConfigError, RepbendError
-from .models import EMBEDDED, _weights_source, embedded_gguf, load_model, load_tokenizer
+from .models import EMBEDDED, _weights_source, embedded_gguf, find_blocks, load_model, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,13 @@ class GenerationError(RepbendError):
 
 
 def request_key(prompt) -> dict:
-    """What identifies a prompt, whatever the backend: messages, prefill, embeddings."""
-    return {"messages": [dict(m) for m in prompt.messages], "prefill": prompt.prefill, "embeds": prompt.embeds_digest}
+    """What identifies a prompt, whatever the backend: messages, prefill, embeddings,
+    steering (only when set, so keys of unsteered prompts stay as they were)."""
+    key = {"messages": [dict(m) for m in prompt.messages], "prefill": prompt.prefill, "embeds": prompt.embeds_digest}
+    if prompt.steering is not None:
+        steering = prompt.steering
+        key["steering"] = {"direction": steering.digest, "scale": steering.scale, "layers": list(steering.layers)}
+    return key
 
 
 def digest(value) -> str:
@@ -169,17 +176,24 @@ class HFBackend:
 
     def _generate(self, prompts: list, settings: GenerationSettings) -> list:
         texts = [None] * len(prompts)
-        with_embeds = [i for i, p in enumerate(prompts) if p.embeds is not None]
-        if with_embeds:
-            outputs = generate_from_embeds(
-                self.model, self.tokenizer, [prompts[i].embeds for i in with_embeds], settings.max_new_tokens
-            )
-            for i, text in zip(with_embeds, outputs):
-                texts[i] = text
-        plain = [i for i, p in enumerate(prompts) if p.embeds is None]
-        if plain:
-            for i, text in zip(plain, self._generate_text([self.prompt_text(prompts[i]) for i in plain], settings)):
-                texts[i] = text
+        # One pass per steering (None: unsteered), so a steering hook touches its own prompts only.
+        by_steering: dict = {}
+        for i, prompt in enumerate(prompts):
+            by_steering.setdefault(prompt.steering, []).append(i)
+        for steering, indices in by_steering.items():
+            with steered(self.model, steering) if steering is not None else nullcontext():
+                with_embeds = [i for i in indices if prompts[i].embeds is not None]
+                if with_embeds:
+                    outputs = generate_from_embeds(
+                        self.model, self.tokenizer, [prompts[i].embeds for i in with_embeds], settings.max_new_tokens
+                    )
+                    for i, text in zip(with_embeds, outputs):
+                        texts[i] = text
+                plain = [i for i in indices if prompts[i].embeds is None]
+                if plain:
+                    outputs = self._generate_text([self.prompt_text(prompts[i]) for i in plain], settings)
+                    for i, text in zip(plain, outputs):
+                        texts[i] = text
         return texts
 
     def _generate_text(self, prompts: list, settings: GenerationSettings) -> list:
@@ -208,6 +222,33 @@ class HFBackend:
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         return [tokenizer.decode(cut_at_stop(row, self.stop_ids), skip_special_tokens=True) for row in new_tokens]
+
+
+@contextmanager
+def steered(model, steering):
+    """While open, every forward pass of ``model`` subtracts ``steering.scale *
+    steering.direction`` from the hidden states ``steering.layers`` (the outputs of blocks
+    layer - 1) at every position. The hooks are removed on exit, also when the body raises."""
+    blocks = model.get_submodule(find_blocks(model).prefix)
+    bad = [layer for layer in steering.layers if not 1 <= layer <= len(blocks)]
+    if bad:
+        raise ConfigError(f"steering: hidden state {bad[0]} is out of range; valid indices are 1..{len(blocks)}")
+    shift = steering.scale * steering.direction
+
+    def hook(module, inputs, output):
+        # Older transformers blocks return (hidden, attentions, ...); newer ones the tensor.
+        hidden = output[0] if isinstance(output, tuple) else output
+        moved = hidden - shift.to(hidden.device, hidden.dtype)
+        return (moved, *output[1:]) if isinstance(output, tuple) else moved
+
+    handles = []
+    try:
+        for layer in steering.layers:
+            handles.append(blocks[layer - 1].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -278,6 +319,8 @@ class VLLMBackend:
 
         if any(p.embeds is not None for p in prompts):
             raise ConfigError("the vllm backend cannot take input embeddings; use the hf backend for that attack")
+        if any(p.steering is not None for p in prompts):
+            raise ConfigError("the vllm backend cannot steer hidden states (attack 'steering'); use the hf backend")
         params = SamplingParams(
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature if settings.do_sample else 0.0,
@@ -306,6 +349,8 @@ class EndpointBackend:
         for prompt in prompts:
             if prompt.embeds is not None:
                 raise ConfigError("an endpoint cannot take input embeddings; use the hf backend for that attack")
+            if prompt.steering is not None:
+                raise ConfigError("an endpoint cannot steer hidden states (attack 'steering'); use the hf backend")
             messages = [dict(m) for m in prompt.messages]
             body = {"messages": messages, "max_tokens": settings.max_new_tokens,
                     "temperature": settings.temperature if settings.do_sample else 0.0, "seed": settings.seed}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .eval.results import EvalResults
+from .eval.results import EvalResults, RelearnResults
 from .files import read_jsonl
 from .types import HARMFUL
 
@@ -110,6 +110,31 @@ def tuning_front(rows: list, front: set, base: dict, best, png: Path) -> Path:
     axis.set_ylim(-3, 103)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+    return png
+
+
+def relearn_curves(result: RelearnResults, png: Path) -> Path:
+    """ASR against the re-learning attack's optimizer steps, one line per model, its 95 %
+    interval as a band: how long each model's refusals hold."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 4.2))
+    for model, points in result.curves.items():
+        shown = [p for p in points if p.asr is not None]
+        steps = [p.steps for p in shown]
+        line, = axis.plot(steps, [100 * p.asr for p in shown], marker="o", label=model)
+        axis.fill_between(steps, [100 * (p.low if p.low is not None else p.asr) for p in shown],
+                          [100 * (p.high if p.high is not None else p.asr) for p in shown],
+                          color=line.get_color(), alpha=0.12)
+    axis.set_xticks(result.settings.get("steps") or [])
+    axis.set_xlabel(f"re-learning steps ({result.settings.get('rows')} harmful answers)")
+    axis.set_ylabel(f"ASR (%): {result.benchmark} / {result.attack}")
+    axis.set_ylim(-3, 103)  # 0 and 100 % stay visible
+    axis.grid(alpha=0.3)
+    if result.curves:
+        axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(png, dpi=110)
     plt.close(figure)

@@ -28,7 +28,7 @@ from .checkpoint import (
     load_plain, rng_state, save_checkpoint, set_rng_state, temporary,
 )
 from .config import Config, changed_training_settings, save_config, to_dict
-from .data.collate import MicroBatches, pair_rows
+from .data.collate import Composite, Draw, MicroBatches, pair_rows
 from .data.examples import RETAIN, SAFE, UNSAFE_SAFE, UNSAFE_UNSAFE
 from .data.render import render_all
 from .data.sets import build_sets, caps_from_config, recovery_rows, require_sets
@@ -72,7 +72,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def build_streams(config: Config, tokenizer, method) -> dict:
     """The four training sets rendered, arranged into the streams the method reads:
     safe = P_s + P_us, unsafe = P_uu, retain, and pairs (P_uu, P_us with one prompt),
-    whose rows then leave the safe and unsafe streams."""
+    whose rows then leave the safe and unsafe streams. ``data.batch_composition=recipe``
+    fills each item's safe rows with a P_s row and a refusal, and gives it two P_uu rows."""
     sets = build_sets(config.data.sources, caps_from_config(config.data), config.data.seed)
     needed = [kind for stream, kind in (("unsafe", UNSAFE_UNSAFE), ("retain", RETAIN)) if stream in method.streams]
     require_sets(sets, needed, config.data.sources)
@@ -92,6 +93,14 @@ def build_streams(config: Config, tokenizer, method) -> dict:
         refusals = [row for row in unpaired if row.kind == UNSAFE_SAFE]
         unsafe_rows = [row for row in unpaired if row.kind == UNSAFE_UNSAFE]
     named = {"safe": rendered[SAFE] + refusals, "unsafe": unsafe_rows, "retain": rendered[RETAIN]}
+    if d.batch_composition == "recipe":
+        for label, rows in (("P_s (safe)", rendered[SAFE]), ("refusal (P_us, unsafe_safe)", refusals)):
+            if "safe" in method.streams and not rows:
+                outside = " outside the P_us/P_uu pairs" if "pairs" in streams else ""
+                raise ConfigError(f"data.batch_composition=recipe gives every item a {label} row, but the data has "
+                                  f"none{outside}; add such rows or set data.batch_composition=streams")
+        named["safe"] = Composite((Draw("safe", rendered[SAFE]), Draw("refusal", refusals)))
+        named["unsafe"] = Composite((Draw("unsafe", unsafe_rows, per_item=2),))
     streams.update({name: rows for name, rows in named.items() if name in method.streams})
     return streams
 

@@ -29,11 +29,24 @@ class BehaviorRow:
 
 
 @dataclass(frozen=True)
+class Steering:
+    """Activation steering while one prompt is answered: ``scale * direction`` (a unit
+    torch vector [D]) is subtracted from each hidden state in ``layers`` (index i: the
+    output of decoder block i - 1) at every position. ``digest`` identifies the direction."""
+
+    direction: object = field(compare=False, hash=False, repr=False)
+    scale: float
+    layers: tuple
+    digest: str
+
+
+@dataclass(frozen=True)
 class AttackedPrompt:
     """What the model under test receives for one row under one attack: chat messages,
     an optional assistant prefill, or (input-embedding attack) optimised input
-    embeddings identified by ``embeds_digest``. ``meta`` holds attack details such as a
-    template id or the final target loss."""
+    embeddings identified by ``embeds_digest``; ``steering`` (steering attack) changes
+    the residual stream while this prompt alone is answered. ``meta`` holds attack
+    details such as a template id or the final target loss."""
 
     row: BehaviorRow
     attack: str
@@ -43,6 +56,7 @@ class AttackedPrompt:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
     embeds: object = field(default=None, compare=False, hash=False, repr=False)  # torch [T, D]
     embeds_digest: str = ""
+    steering: Steering | None = None
 
 
 @dataclass(frozen=True)

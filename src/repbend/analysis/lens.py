@@ -12,8 +12,8 @@ import torch
 
 from ..errors import ConfigError
 from ..eval.judges.keywords import REFUSAL_OPENINGS, REFUSAL_PHRASES
+from ..hidden import capture_hidden
 from ..models import decoder_of, lm_head_logits
-from .hooks import capture_hidden
 
 # Final-norm attribute of the backbone: Llama/Mistral/Qwen/Gemma, GPT-2, GPT-NeoX, Phi.
 NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")

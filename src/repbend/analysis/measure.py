@@ -14,9 +14,8 @@ from ..data.benchmarks import load_benchmark
 from ..data.examples import UNSAFE_UNSAFE
 from ..data.readers import read_generic
 from ..errors import ConfigError
-from ..models import decoder_of
+from ..hidden import last_token_states
 from .geometry import layer_geometry, pca_2d
-from .hooks import capture_hidden
 from .lens import lens_grid, top_tokens
 
 
@@ -50,37 +49,18 @@ def forced_answer(unsafe_rows: list, data_dir: Path, answer_text: str) -> tuple[
     return unsafe_rows[0].prompt, answer_text, "analysis.answer_text"
 
 
-def prompt_text(tokenizer, prompt: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-
-
 def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-@torch.no_grad()
-def last_token_states(model, tokenizer, prompts: list[str], layers: list[int], batch_size: int, bar=None):
+def last_token_states_and_lens(model, tokenizer, prompts: list[str], layers: list[int], batch_size: int, bar=None):
     """Per layer, the last-prompt-token activations ``[n, D]`` (float32, CPU), and the
     logit lens's top token id there, ``[n, len(layers)]``."""
-    device = next(model.parameters()).device
-    decoder = decoder_of(model)  # the LM head over every position is not needed
-    states, ids = {layer: [] for layer in layers}, []
-    for start in range(0, len(prompts), batch_size):
-        texts = [prompt_text(tokenizer, p) for p in prompts[start:start + batch_size]]
-        # Right padding: real tokens never attend to pads and keep their positions.
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with capture_hidden(model, layers) as hidden:
-            decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        rows, last = torch.arange(len(texts), device=device), batch["attention_mask"].sum(1) - 1
-        stacked = torch.stack([hidden[layer][rows, last] for layer in layers], 1)  # [B, L, D]
-        top_id, _ = top_tokens(model, stacked)
-        for i, layer in enumerate(layers):
-            states[layer].append(stacked[:, i].float().cpu())
-        ids.append(top_id.cpu())
-        if bar is not None:
-            bar.update(1)
-    return {layer: torch.cat(parts) for layer, parts in states.items()}, torch.cat(ids)
+    states = last_token_states(model, tokenizer, prompts, layers, batch_size, bar)
+    weight = next(model.parameters())  # the states in the model's own dtype: the lens reads them as they were
+    with torch.no_grad():
+        top_id, _ = top_tokens(model, torch.stack([states[layer] for layer in layers], 1).to(weight.device, weight.dtype))
+    return states, top_id.cpu()
 
 
 def decode(tokenizer, token_id: int) -> str:

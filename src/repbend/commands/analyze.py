@@ -12,12 +12,13 @@ from pathlib import Path
 
 from ..analysis.geometry import BINS, FOLDS
 from ..analysis.lens import refusal_token_ids
-from ..analysis.measure import (adapter_folder, decode, forced_answer, greedy_answer, last_token_states, late_layers,
-                                lens_numbers, load_rows, prompt_text, state_numbers, token_ids)
+from ..analysis.measure import (adapter_folder, decode, forced_answer, greedy_answer, last_token_states_and_lens,
+                                late_layers, lens_numbers, load_rows, state_numbers, token_ids)
 from ..analysis.report import write_outputs
 from ..config import Config
 from ..errors import ConfigError
 from ..generate import HFBackend
+from ..hidden import prompt_text
 from ..models import find_blocks, resolve_layers
 from .data import output_folder
 
@@ -70,7 +71,7 @@ def analyze(config: Config, adapter: str | Path | None = None, out_dir: str | Pa
     states = {}
     for state in STATES:
         with model.disable_adapter() if state == "base" else contextlib.nullcontext():
-            groups = {name: last_token_states(model, tokenizer, [r.prompt for r in rows], layers, settings.batch_size, bar)
+            groups = {name: last_token_states_and_lens(model, tokenizer, [r.prompt for r in rows], layers, settings.batch_size, bar)
                       for name, rows in (("safe", safe_rows), ("unsafe", unsafe_rows))}
             generated = greedy_answer(model, tokenizer, harmful_ids, settings.max_answer_tokens)
             lens = {

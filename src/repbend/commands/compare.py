@@ -10,13 +10,16 @@ is reused and a killed one resumed. One evaluation then covers the base model an
 result, so all share the prompts, attacks, judge and generation cache. ``compare.json``
 holds every number; ``compare.md`` (the paper's Table 2 layout, a row per method) is
 rendered from it, and ``safety_usability.png`` plots safety against usability with the
-Pareto front.
+Pareto front. With a ``relearn`` section the re-learning attack (:mod:`.relearn`) runs on
+the base model and every result: its curves go into both files, its plot is
+OUTPUT_DIR/relearn/relearn.png.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from ..config import Config, apply_overrides, from_dict, merged_config, to_dict
 from ..errors import ConfigError
 from ..eval.metrics import counted
 from ..eval.report import percent
-from ..eval.results import EvalResults
+from ..eval.results import EvalResults, RelearnResults
 from ..eval.stats import non_dominated
 from ..files import read_jsonl
 from ..plots import _pyplot
@@ -36,6 +39,7 @@ from ..resources import ROOT
 from ..types import BENIGN, HARMFUL
 from .data import build_data
 from .evaluate import evaluate, label_of
+from .relearn import attack_inputs, description, relearn, table_lines
 from .run import with_built_data
 from .task_arithmetic import task_arithmetic, trained
 
@@ -63,7 +67,15 @@ def overlay_folder(config: Config) -> Path:
 
 
 def method_config(config: Config, name: str) -> Config:
-    """``config`` with the method's overlay and its compare.overrides."""
+    """``config`` with the method's overlay and its compare.overrides, training into
+    OUTPUT_DIR/<name>."""
+    return dataclasses.replace(with_overlay(config, name),
+                               output_dir=str(Path(config.compare.output_dir or config.output_dir) / name))
+
+
+def with_overlay(config: Config, name: str) -> Config:
+    """``config`` with the method's overlay and its compare.overrides (the overrides win);
+    an overlay that changes the shared data, seed or step budget is an error."""
     folder = overlay_folder(config)
     path = folder / f"{name}.yaml"
     if not path.is_file():
@@ -89,7 +101,7 @@ def method_config(config: Config, name: str) -> Config:
     if changed:
         raise ConfigError(f"compare method {name!r} changes {', '.join(changed)}; every method gets the same "
                           "data, seed and step budget")
-    return dataclasses.replace(result, output_dir=str(Path(config.compare.output_dir or config.output_dir) / name))
+    return result
 
 
 def compare(config: Config, progress: bool = True) -> CompareResult:
@@ -102,6 +114,8 @@ def compare(config: Config, progress: bool = True) -> CompareResult:
         data_dir = build_data(config, progress=progress).output_dir
         config = with_built_data(config, data_dir)
         configs = {name: with_built_data(method, data_dir) for name, method in configs.items()}
+    if config.relearn is not None:
+        attack_inputs(config)  # a bad relearn section fails before any training
 
     folders = {}
     for index, (name, method) in enumerate(configs.items(), 1):
@@ -119,6 +133,8 @@ def compare(config: Config, progress: bool = True) -> CompareResult:
     data["folders"] = {name: str(folder) for name, folder in folders.items()}
     data["steps"] = config.train.steps
     data["results"] = str(evaluation.output_dir / "results.json")
+    if config.relearn is not None:
+        data["relearn"] = relearn_curves(config, folders, out, progress)
     table = render_markdown(data)
     write_text(out / "compare.json", json.dumps(data, indent=2))
     write_text(out / "compare.md", table)
@@ -255,7 +271,28 @@ def render_markdown(data: dict) -> str:
         scores = data["scores"][model]
         lines.append(f"| {model} | " + " | ".join(percent(get(scores)) for _, get in table) + " |")
     lines += ["", "![safety vs usability](safety_usability.png)", ""]
+    lines += relearn_markdown(data)
     return "\n".join(lines)
+
+
+def relearn_curves(config: Config, folders: dict, out: Path, progress: bool) -> dict:
+    """The re-learning attack (the relearn section) on the base model and every method's
+    result, in OUTPUT_DIR/relearn by default: relearn.json's content, curves named by
+    method, with the plot's path relative to compare.md."""
+    settings = dataclasses.replace(config.relearn, output_dir=config.relearn.output_dir or str(out / "relearn"))
+    run = relearn(dataclasses.replace(config, relearn=settings, eval=dataclasses.replace(
+        config.eval, adapters=[str(folder) for folder in folders.values()])),
+        names={label_of(folder): name for name, folder in folders.items()}, progress=progress)
+    return {**run.results.to_json(), "plot": os.path.relpath(run.output_dir / "relearn.png", out)}
+
+
+def relearn_markdown(data: dict) -> list:
+    """compare.md's re-learning section (none without the attack)."""
+    if "relearn" not in data:
+        return []
+    results = RelearnResults.from_json(data["relearn"], "relearn")
+    return ["## Re-learning attack", "", description(results), "", *table_lines(results), "",
+            f"![ASR against re-learning steps]({data['relearn']['plot']})", ""]
 
 
 def pareto_front(points: list) -> list:

@@ -191,16 +191,26 @@ def _pair(row: BehaviorRow, pair_id: str, answer: str, answer_from: str, refusal
     ]
 
 
-def build_data(config: Config, progress: bool = True) -> BuildResult:
-    """Build (or reuse) the training and held-out sets in :func:`output_folder`."""
-    build = config.build
-    _check(build)
+def cached_build(config: Config) -> BuildResult | None:
+    """The finished build for this config in :func:`output_folder`, or None."""
+    _check(config.build)
     folder = output_folder(config)
     key = build_key(config)
     manifest = _cached(folder, key)
-    if manifest is not None:
-        logger.info("reusing the build in %s (key %s)", folder, key)
-        return BuildResult(folder, manifest["counts"], True, manifest)
+    if manifest is None:
+        return None
+    logger.info("reusing the build in %s (key %s)", folder, key)
+    return BuildResult(folder, manifest["counts"], True, manifest)
+
+
+def build_data(config: Config, progress: bool = True) -> BuildResult:
+    """Build (or reuse) the training and held-out sets in :func:`output_folder`."""
+    cached = cached_build(config)
+    if cached is not None:
+        return cached
+    build = config.build
+    folder = output_folder(config)
+    key = build_key(config)
 
     resolved = resolved_build(build)
     judge = build_judge(resolved["judge"])

@@ -8,6 +8,7 @@ judge failure stops the evaluation (never a silent "safe").
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,16 @@ from ..eval.metrics import group_metrics, rate, summary
 from ..eval.report import write_report
 from ..files import package_versions, write_jsonl
 from ..eval.results import CapabilityScore, EvalResults, EvaluatedModel
-from ..generate import EndpointBackend, GenerationCache, GenerationSettings, HFBackend, VLLMBackend, generate
+from ..generate import (
+    EndpointBackend,
+    GenerationCache,
+    GenerationSettings,
+    HFBackend,
+    VLLMBackend,
+    digest,
+    generate,
+    weights_identity,
+)
 from ..types import CAPABILITY
 
 VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm-eval")
@@ -43,9 +53,7 @@ def candidates(config: Config) -> list:
         if (folder / "adapter_config.json").is_file():
             found.append((label_of(folder), config.model, str(folder)))
         elif (folder / "config.json").is_file():
-            merged = dataclasses.replace(config.model, name_or_path=str(folder), gguf_file=None, random_init=None,
-                                         tokenizer=None if config.model.tokenizer != "byte" else "byte")
-            found.append((label_of(folder), merged, None))
+            found.append((label_of(folder), folder_model(config.model, folder), None))
         else:
             raise ConfigError(f"eval.adapters: {folder} holds neither a PEFT adapter (adapter_config.json) nor a model (config.json)")
     if not found:
@@ -53,9 +61,34 @@ def candidates(config: Config) -> list:
     return found
 
 
+def folder_model(model_config, folder: Path):
+    """The model config of a model folder (a merge of ``model_config``'s model): its
+    settings, the folder's weights and tokenizer (the built-in byte tokenizer stays)."""
+    return dataclasses.replace(model_config, name_or_path=str(folder), gguf_file=None, random_init=None,
+                               tokenizer=None if model_config.tokenizer != "byte" else "byte")
+
+
 def label_of(folder: Path) -> str:
     """A short, readable name: the run folder for ``RUN/adapter`` and ``RUN/merged``."""
     return f"{folder.parent.name}/{folder.name}" if folder.name in ("adapter", "merged") else folder.name
+
+
+class BaseModel:
+    """The base model, for attacks that read it besides the model under test (steering's
+    refusal direction): the base candidate's own backend while that is evaluated, else
+    loaded anew on ``load()`` (the attack caches what it computes, so once at most)."""
+
+    def __init__(self, model_config):
+        self.model_config, self.current = model_config, None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        return "base:" + digest({"weights": weights_identity(self.model_config),
+                                 "model": dataclasses.asdict(self.model_config)})
+
+    def load(self) -> tuple:
+        backend = self.current or HFBackend.load(self.model_config)
+        return backend.model, backend.tokenizer
 
 
 def make_backend(config: Config, model_config, adapter):
@@ -102,11 +135,13 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
     refusals = build_judge("keywords")
     settings = GenerationSettings(e.max_new_tokens, e.do_sample, e.temperature, e.top_p, e.seed, e.batch_size,
                                   e.max_batch_tokens)
-    cache = GenerationCache(out / "cache" / "generations.jsonl")
+    cache = GenerationCache(Path(e.generation_cache) if e.generation_cache else out / "cache" / "generations.jsonl")
 
     records, capability, generated = [], {}, 0
+    base = BaseModel(config.model)
     for label, model_config, adapter in candidates(config):
         backend = make_backend(config, model_config, adapter)
+        base.current = backend if model_config is config.model and adapter is None else None
         groups = []  # the attacked prompts of each (benchmark, attack)
         for spec in e.benchmarks:
             benchmark_rows = [row for row in rows[spec.label or spec.name] if row.expected != CAPABILITY]
@@ -114,7 +149,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                 context = AttackContext(
                     model=getattr(backend, "model", None), tokenizer=getattr(backend, "tokenizer", None),
                     cache_dir=out / "cache" / "attacks", seed=e.seed,
-                    options={"identity": backend.identity, **e.attack_options.get(attack_name, {})},
+                    options={"identity": backend.identity, **e.attack_options.get(attack_name, {})}, base=base,
                 )
                 groups.append(ATTACKS.get(attack_name)().prepare(benchmark_rows, context))
         # One generation over every set and attack, so batches are full and sorted by length
@@ -140,6 +175,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                     interval = rate(score.correct, e.seed)
                     score.low, score.high = interval.low, interval.high
         del backend
+        base.current = None
 
     entries = group_metrics(records, e.seed)
     results = EvalResults(

@@ -25,11 +25,15 @@ from ..plots import rates_by_attack, training_curves
 from ..resources import CONFIG_DIR
 from ..training import train
 from .analyze import analyze
-from .data import build_data
+from .data import build_data, cached_build
 from .evaluate import evaluate, label_of
+from .stages import peak_memory_gb, run_stage
 
 # `repbend run` without CONFIG: the embedded model on 2 CPU cores.
 DEFAULT_CONFIG = CONFIG_DIR / "smollm2-cpu.yaml"
+# The evaluation's answers, kept beside the build they were asked from (their own file:
+# the build's cache holds the build's answers).
+EVALUATION_CACHE = "evaluation-generations.jsonl"
 HARMFUL_EXAMPLE_WORDS = 8  # harmful answers in reports are cut to their first words
 
 
@@ -49,13 +53,6 @@ class Check:
     value: float
     goal: str
     passed: bool
-
-
-def peak_memory_gb() -> float:
-    """Peak resident memory of this process (Linux reports kilobytes)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def target_checks(results: EvalResults, trained: str, over_refusal: set, peak_gb: float | None = None) -> list:
@@ -99,16 +96,18 @@ def _ratio(value: float, base: float) -> float:
 
 
 def with_built_data(config: Config, data_dir: Path) -> Config:
-    """The config with training data and evaluation paths pointing at the built folder."""
+    """The config with training data and evaluation paths pointing at the built folder,
+    and the evaluation's generation cache beside them unless one is set."""
     sources = [SourceConfig(path=str(data_dir / "train.jsonl"), layout="generic")]
     benchmarks = [
         dataclasses.replace(spec, path=spec.path.format(data_dir=data_dir) if spec.path else None)
         for spec in config.eval.benchmarks
     ]
+    cache = config.eval.generation_cache or str(data_dir / "cache" / EVALUATION_CACHE)
     return dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, sources=sources),
-        eval=dataclasses.replace(config.eval, benchmarks=benchmarks),
+        eval=dataclasses.replace(config.eval, benchmarks=benchmarks, generation_cache=cache),
     )
 
 
@@ -126,29 +125,42 @@ def training_is_done(config: Config) -> bool:
     return (out / "adapter" / "adapter_model.safetensors").is_file() and not changed
 
 
+def train_stage(config: Config, resume: bool, progress: bool) -> None:
+    """Training whose result stays where it ran: the saved adapter is what later stages
+    read (the trained model in memory would be pickled back from a stage's process)."""
+    train(config, resume=resume, progress=progress)
+
+
+def evaluate_and_analyze(config: Config, adapter: str, progress: bool) -> tuple:
+    """The evaluation and the analysis of ``adapter``, and the seconds the analysis took
+    (one stage: the analysis is too small to pay for a process of its own)."""
+    evaluation = evaluate(dataclasses.replace(config, eval=dataclasses.replace(config.eval, adapters=[adapter])), progress)
+    started = time.time()
+    analysis = analyze(config, adapter=adapter, out_dir=Path(config.output_dir) / "analysis", progress=progress)
+    return evaluation, analysis, time.time() - started
+
+
 def run(config: Config, progress: bool = True) -> RunResult:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    isolate = config.run.isolate_stages
     seconds = {}
 
     started = time.time()
-    built = build_data(config, progress=progress)
+    built = cached_build(config) or run_stage(isolate, "data build", build_data, config, progress)
     seconds["data"] = time.time() - started
     config = with_built_data(config, built.output_dir)
 
     started = time.time()
     if not training_is_done(config):
-        train(config, resume=(out / "checkpoints").exists(), progress=progress)
+        run_stage(isolate, "training", train_stage, config, (out / "checkpoints").exists(), progress)
     seconds["train"] = time.time() - started
 
     started = time.time()
     adapter = str(out / "adapter")
-    evaluation = evaluate(dataclasses.replace(config, eval=dataclasses.replace(config.eval, adapters=[adapter])), progress)
-    seconds["eval"] = time.time() - started
-
-    started = time.time()
-    analysis = analyze(config, adapter=adapter, out_dir=out / "analysis", progress=progress)
-    seconds["analysis"] = time.time() - started
+    evaluation, analysis, analysis_seconds = run_stage(isolate, "evaluation", evaluate_and_analyze, config, adapter, progress)
+    seconds["eval"] = time.time() - started - analysis_seconds  # with the stage's process start
+    seconds["analysis"] = analysis_seconds
 
     peak = peak_memory_gb()
     over_refusal = {spec.label or spec.name for spec in config.eval.benchmarks if spec.role == "over_refusal"}

@@ -1,7 +1,9 @@
 """Micro-batches: each stream of rows padded to its own longest row, never to a fixed length.
 
-A micro-batch holds ``micro_batch`` rows from each stream a method reads (``safe`` =
-P_s and P_us, ``unsafe`` = P_uu, ``retain``, and ``pairs`` when the paired term is on).
+A micro-batch holds ``micro_batch`` items; by default an item is one row from each stream
+a method reads (``safe`` = P_s and P_us, ``unsafe`` = P_uu, ``retain``, and ``pairs`` when
+the paired term is on). A stream may instead be filled from several sources, a given
+number of rows of each per item (:class:`Composite`; ``data.batch_composition=recipe``).
 Streams are independent, deterministic functions of (seed, position): micro-batch ``i``
 is the same whether a run started at 0 or resumed at ``i``, and with several processes
 each takes its own slice of the same global micro-batch.
@@ -125,9 +127,31 @@ class Stream:
         return [self.rows[self._order(pos // n)[pos % n]] for pos in range(start, start + count)]
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One source of a :class:`Composite` stream: ``per_item`` rows of ``rows`` for each
+    item, shuffled under their own ``name``."""
+
+    name: str
+    rows: list
+    per_item: int = 1
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A stream whose items take rows from its ``draws``, each item's rows together in
+    draw order. Iterating gives every source's rows, as a plain stream's list does."""
+
+    draws: tuple
+
+    def __iter__(self):
+        return (row for draw in self.draws for row in draw.rows)
+
+
 class MicroBatches:
     """Micro-batch ``index`` -> {stream name: Batch}. ``rank``/``world`` slice a global
-    micro-batch of ``micro_batch`` items across processes."""
+    micro-batch of ``micro_batch`` items across processes. A stream is a list of rows (one
+    per item) or a :class:`Composite`."""
 
     def __init__(self, streams: dict, micro_batch: int, seed: int, pad_id: int, group_by_length: bool = False,
                  rank: int = 0, world: int = 1):
@@ -139,18 +163,30 @@ class MicroBatches:
         for name, rows in streams.items():
             if name == "pairs":
                 self.pairs = Stream(rows, seed, name, group_by_length, micro_batch)
-            else:
-                self.streams[name] = Stream(rows, seed, name, group_by_length, micro_batch)
+                continue
+            draws = rows.draws if isinstance(rows, Composite) else (Draw(name, rows),)
+            self.streams[name] = [
+                (Stream(draw.rows, seed, draw.name, group_by_length, micro_batch * draw.per_item), draw.per_item)
+                for draw in draws
+            ]
 
     def __call__(self, index: int) -> dict:
         local = self.micro_batch // self.world
         start = index * self.micro_batch + self.rank * local
-        batches = {name: collate(stream.take(start, local), self.pad_id) for name, stream in self.streams.items()}
+        batches = {name: collate(_item_rows(draws, start, local), self.pad_id) for name, draws in self.streams.items()}
         if self.pairs is not None:
             pairs = self.pairs.take(start, local)
             batches["pair_unsafe"] = collate([unsafe for unsafe, _ in pairs], self.pad_id)
             batches["pair_safe"] = collate([safe for _, safe in pairs], self.pad_id)
         return batches
+
+
+def _item_rows(draws: list, start: int, count: int) -> list:
+    """The rows of items ``start .. start + count``: each item's rows of every draw in turn."""
+    taken = [(stream.take(start * per_item, count * per_item), per_item) for stream, per_item in draws]
+    return [
+        row for item in range(count) for rows, per_item in taken for row in rows[item * per_item : (item + 1) * per_item]
+    ]
 
 
 def pair_rows(rendered: list) -> tuple:

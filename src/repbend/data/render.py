@@ -3,8 +3,9 @@
 A rendered row is ``prompt_ids + response_ids``: the prompt is the conversation up to
 and including the assistant header (``add_generation_prompt=True``), the response is
 what the template puts after it for the assistant turn (the text and the end-of-turn
-marker). Prompts are cut from the left so the assistant header, the position the
-``prompt_last`` mode and the cosine term read, always survives; responses from the right.
+marker, or the text alone when ``data.response_end_of_turn`` is false). Prompts are cut
+from the left so the assistant header, the position the ``prompt_last`` mode and the
+cosine term read, always survives; responses from the right.
 An example's ``opening`` (recovery rows) follows the header on the prompt side.
 """
 from __future__ import annotations
@@ -39,8 +40,21 @@ def _ids(tokenizer, text: str) -> list:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _without_end_of_turn(response_text: str, example: Example) -> str:
+    """The rendered assistant turn cut where the answer's text ends (templates may trim it)."""
+    answer = example.response.strip()
+    at = response_text.find(answer)
+    if at < 0:
+        raise DataError(
+            "data.response_end_of_turn=false needs the answer's text in the rendered turn; this chat template "
+            "rewrites it", file=example.source, field="response", value=example.response,
+        )
+    return response_text[: at + len(answer)]
+
+
 def render_example(
-    tokenizer, example: Example, *, max_prompt_tokens: int, max_response_tokens: int, max_retain_tokens: int
+    tokenizer, example: Example, *, max_prompt_tokens: int, max_response_tokens: int, max_retain_tokens: int,
+    end_of_turn: bool = True,
 ) -> Rendered:
     if min(max_prompt_tokens, max_response_tokens, max_retain_tokens) < 1:
         raise ConfigError("data.max_prompt_tokens, max_response_tokens and max_retain_tokens must be at least 1")
@@ -57,6 +71,8 @@ def render_example(
         response_text = full_text[len(prompt_text) + len(example.opening) :]
     else:  # templates that rewrite earlier turns once an answer follows (e.g. reasoning)
         response_text = example.response + (tokenizer.eos_token or "")
+    if not end_of_turn:
+        response_text = _without_end_of_turn(response_text, example)
     # The opening is context: it counts as prompt, so no loss reads it as a target.
     prompt_ids = _ids(tokenizer, prompt_text)[-max_prompt_tokens:] + _ids(tokenizer, example.opening)
     response_ids = _ids(tokenizer, response_text)[:max_response_tokens]
@@ -73,6 +89,7 @@ def render_all(tokenizer, examples, data_config) -> list:
             max_prompt_tokens=data_config.max_prompt_tokens,
             max_response_tokens=data_config.max_response_tokens,
             max_retain_tokens=data_config.max_retain_tokens,
+            end_of_turn=data_config.response_end_of_turn,
         )
         for example in examples
     ]

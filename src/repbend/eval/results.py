@@ -9,6 +9,7 @@ it was. A missing required key is a :class:`ResultsError` naming the key and whe
 missing (``metrics[3]: required key 'expected' is missing``).
 
 Rates are fractions of 1; a summary's ``overall`` is in percent (see :mod:`.metrics`).
+``relearn.json`` (`repbend relearn`) is a :class:`RelearnResults`, read the same way.
 """
 from __future__ import annotations
 
@@ -78,6 +79,22 @@ class JsonRecord:
                 continue
             data[f.name] = _dump(value)
         return {**data, **_dump(self._extra)}
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """The record of a JSON file (results.json, relearn.json); errors name the file."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise ResultsError(f"{path}: cannot read results: {error}") from None
+        try:
+            return cls.from_json(data)
+        except ResultsError as error:
+            raise ResultsError(f"{path}: {error}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``to_json()`` to ``path`` (atomically, indented)."""
+        return write_text(Path(path), json.dumps(self.to_json(), indent=2))
 
 
 @functools.cache
@@ -226,22 +243,6 @@ class EvalResults(JsonRecord):
     config: Optional[dict] = None
     versions: Optional[dict] = None
 
-    @classmethod
-    def load(cls, path: str | Path) -> "EvalResults":
-        """A results.json file; errors name the file."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as error:
-            raise ResultsError(f"{path}: cannot read results: {error}") from None
-        try:
-            return cls.from_json(data)
-        except ResultsError as error:
-            raise ResultsError(f"{path}: {error}") from None
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``to_json()`` to ``path`` (atomically, indented)."""
-        return write_text(Path(path), json.dumps(self.to_json(), indent=2))
-
     def entry(self, model: str, benchmark: str, attack: str, expected: str | None = None) -> Optional[MetricEntry]:
         """The entry of (model, benchmark, attack), of rows expecting ``expected`` when
         given; None when there is none. A benchmark with harmful and benign rows has an
@@ -262,3 +263,31 @@ class EvalResults(JsonRecord):
 
     def capability_score(self, model: str, task: str) -> Optional[CapabilityScore]:
         return self.capability.get(model, {}).get(task)
+
+
+# ---------------------------------------------------------------- relearn.json
+
+
+@dataclass(kw_only=True)
+class RelearnPoint(JsonRecord):
+    """ASR after ``steps`` optimizer steps of the re-learning attack (0: the model as
+    trained) with its 95 % bootstrap interval; ``n``: the answers it counts."""
+
+    steps: int
+    asr: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+    n: int
+
+
+@dataclass(kw_only=True)
+class RelearnResults(JsonRecord):
+    """What ``relearn.json`` holds: each model's ASR curve under the re-learning attack
+    (name -> points in step order), the benchmark, attack and judge that scored it, and
+    the attack's settings (the relearn section)."""
+
+    benchmark: str
+    attack: str
+    judge: str
+    settings: dict
+    curves: dict[str, list[RelearnPoint]]

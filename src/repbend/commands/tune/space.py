@@ -1,8 +1,9 @@
 """The search space of `repbend tune`: ``tune.space`` parsed into dimensions (numeric
-ranges or choices) over training settings, checked like a config file, and the
-``tune.enqueue`` points."""
+ranges or choices) over training settings, checked like a config file, and the points
+tried first (``tune.enqueue``, then with ``tune.sampler: grid`` every combination)."""
 from __future__ import annotations
 
+import itertools
 import json
 import typing
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ...errors import ConfigError
 TUNABLE_SECTIONS = ("lora", "data", "loss", "train")
 TUNABLE = tuple(f"{section}." for section in TUNABLE_SECTIONS)
 FIXED = ("data.sources",)
-SPEC_KEYS = {"low", "high", "log", "step", "choices"}
+SPEC_KEYS = {"low", "high", "log", "step", "choices", "factors"}
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,15 @@ def parse_space(space: dict, config: Config) -> list:
             raise ConfigError(f"{where}: not tunable; a study searches lora., data. (but not data.sources), "
                               "loss. and train. keys")
         if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: expected {{low, high[, log | step]}} or {{choices: [...]}}, got {spec!r}")
+            raise ConfigError(f"{where}: expected {{low, high[, log | step]}}, {{choices: [...]}} or "
+                              f"{{factors: [...]}}, got {spec!r}")
         unknown = sorted(set(spec) - SPEC_KEYS)
         if unknown:
-            raise ConfigError(f"{where}: unknown spec key(s) {', '.join(unknown)}; use low, high, log, step or choices")
-        if "choices" in spec:
+            raise ConfigError(f"{where}: unknown spec key(s) {', '.join(unknown)}; use low, high, log, step, "
+                              "choices or factors")
+        if "factors" in spec:
+            dimensions.append(_choices(key, {"choices": _scaled(key, spec, config)}, config))
+        elif "choices" in spec:
             dimensions.append(_choices(key, spec, config))
         else:
             dimensions.append(_range(key, spec, config))
@@ -111,6 +116,26 @@ def _choices(key: str, spec: dict, config: Config) -> Dimension:
     if len(set(map(str, dimension.labels()))) < len(choices):
         raise ConfigError(f"{where}: choices repeat")
     return dimension
+
+
+def _scaled(key: str, spec: dict, config: Config) -> list:
+    """``{factors: [...]}``: the config's value at ``key`` times each factor (one grid, e.g.
+    lr / 3, lr, lr x 3, for every method's own lr)."""
+    where = f"tune.space.{key}"
+    factors = spec["factors"]
+    if set(spec) != {"factors"} or not isinstance(factors, list) or not factors:
+        raise ConfigError(f"{where}: factors must be a non-empty list, alone")
+    if any(isinstance(f, bool) or not isinstance(f, (int, float)) or f <= 0 for f in factors):
+        raise ConfigError(f"{where}: factors must be positive numbers, got {factors!r}")
+    value = to_dict(config)
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if _numeric_type(key) is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: factors scale a numeric setting the config sets, got {value!r}")
+    if _numeric_type(key) is int:
+        return [round(value * factor) for factor in factors]
+    # Six significant digits drop float noise (1e-4 * 3 = 0.00030000000000000003) from the labels.
+    return [float(f"{value * factor:.6g}") for factor in factors]
 
 
 def _range(key: str, spec: dict, config: Config) -> Dimension:
@@ -152,6 +177,23 @@ def check_tune(tune: TuneConfig) -> None:
             raise ConfigError(f"tune.intermediate_check_step must be at least 1, got {tune.intermediate_check_step}")
         if tune.max_benign_degenerate is None:
             raise ConfigError("tune.intermediate_check_step needs tune.max_benign_degenerate (its bound)")
+
+
+def grid_points(tune: TuneConfig, dimensions: list) -> list:
+    """``tune.sampler: grid``: every combination of the dimensions' choices as Optuna
+    parameters (none for the other samplers). Each is enqueued once, so a resumed study
+    runs only the missing ones."""
+    if tune.sampler != "grid":
+        return []
+    ranges = [d.key for d in dimensions if d.choices is None]
+    if ranges:
+        raise ConfigError(f"tune.sampler=grid needs choices or factors for every key; {', '.join(ranges)} "
+                          "is a range")
+    points = [dict(zip((d.key for d in dimensions), labels))
+              for labels in itertools.product(*(d.labels() for d in dimensions))]
+    if tune.trials != len(points):
+        raise ConfigError(f"tune.sampler=grid: the space has {len(points)} points; set tune.trials={len(points)}")
+    return points
 
 
 def enqueued_points(tune: TuneConfig, dimensions: list) -> list:

@@ -14,10 +14,11 @@ from ...config import Config, TuneConfig, load_config, save_config, to_dict
 from ...errors import ConfigError
 from ...plots import tuning_front
 from ..data import build_data
+from ..compare import TASK_ARITHMETIC, with_overlay
 from ..evaluate import evaluate
 from ..run import run, with_built_data
 from .report import TuneResult, write_front
-from .space import TUNABLE_SECTIONS, check_tune, enqueued_points, parse_space, with_values
+from .space import TUNABLE_SECTIONS, check_tune, enqueued_points, grid_points, parse_space, with_values
 from .split import TuneSplit, dev_split
 from .trials import DIRECTIONS, Objective, choose_best, pareto_front, scores_of, trial_row, tune_eval
 
@@ -62,6 +63,17 @@ def _retry_cut_off(study) -> None:
             study.enqueue_trial(tried[-1].params, user_attrs={"run": number})
 
 
+def method_study_config(config: Config, method: str) -> Config:
+    """``tune.method``: the config as `repbend compare` trains that method (its overlay,
+    then compare.overrides.<method>), so the study searches around the compared settings;
+    its folder is OUTPUT_DIR/<method>."""
+    overlaid = with_overlay(config, method)
+    if overlaid.loss.method == TASK_ARITHMETIC:
+        raise ConfigError(f"tune.method={method}: task arithmetic merges two trained runs, which a trial does not "
+                          "do; search refusal_sft (its safe run) instead")
+    return dataclasses.replace(overlaid, output_dir=str(Path(config.output_dir) / method))
+
+
 def tune(config: Config, progress: bool = True) -> TuneResult:
     import optuna
     from optuna.trial import TrialState
@@ -69,8 +81,10 @@ def tune(config: Config, progress: bool = True) -> TuneResult:
 
     t = config.tune
     check_tune(t)
+    if t.method is not None:
+        config = method_study_config(config, t.method)
     dimensions = parse_space(t.space, config)
-    points = enqueued_points(t, dimensions)
+    points = enqueued_points(t, dimensions) + grid_points(t, dimensions)
     if t.intermediate_check_step and (config.train.scheduler != "constant" or "train.scheduler" in t.space):
         # The check trains a run of intermediate_check_step steps first, which would squeeze a decaying schedule.
         raise ConfigError("tune.intermediate_check_step needs train.scheduler=constant, not searched")

@@ -19,13 +19,17 @@ SHARED_OPTIONS = {"identity"}
 @dataclass
 class AttackContext:
     """What an attack may use: the model and tokenizer (white-box attacks), a cache
-    folder for expensive intermediate results, a seed and attack-specific options."""
+    folder for expensive intermediate results, a seed and attack-specific options.
+    ``base`` is the base model of the one under test, for attacks that read it (the
+    steering attack's refusal direction): an object with ``identity`` (a string naming
+    its weights) and ``load()`` -> (model, tokenizer), which may load it anew."""
 
     model: object = None
     tokenizer: object = None
     cache_dir: str | Path | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)
+    base: object = None
 
 
 class Attack:
@@ -43,4 +47,4 @@ def register(attack_class: type[Attack]) -> type[Attack]:
 
 
 # Imported last: these modules register their attacks with the names above.
-from . import embedding, gcg, simple, templates  # noqa: E402,F401
+from . import embedding, gcg, simple, steering, templates  # noqa: E402,F401

@@ -2,11 +2,14 @@
 initialised from the embeddings of "x x ... x" (20 x) and optimised with Adam (lr 1e-4,
 500 steps, stop at loss 0.05) so the answer starts with the target + ":\\n\\n". The model
 then generates from the whole prompt as input embeddings, so this attack needs a backend
-that takes them (hf; :func:`repbend.generate.generate_from_embeds`).
+that takes them (hf; :func:`repbend.generate.generate_from_embeds`). Each behavior's
+result (the whole prompt's embeddings, the loss curve, the key naming the model and row)
+is saved as a .safetensors file under the cache folder and reused.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ class EmbeddingResult:
     loss: float
     initial_loss: float
     steps: int
+    losses: list  # the loss curve: the loss before each update, the start first
 
 
 def optimise_embeddings(model, layout: PromptLayout, settings: EmbeddingSettings) -> EmbeddingResult:
@@ -57,13 +61,12 @@ def optimise_embeddings(model, layout: PromptLayout, settings: EmbeddingSettings
         attack = embedding(layout.attack_ids.to(device)).float()
     attack.requires_grad_()
     optimizer = torch.optim.Adam([attack], lr=settings.lr)
-    best_loss, best = float("inf"), None
+    best_loss, best, curve = float("inf"), None, []
     with torch.enable_grad():
         for step in range(settings.steps + 1):  # the last pass only scores the last update
             loss = target_loss(attack.to(dtype)[None])[0][0]
             value = loss.item()
-            if step == 0:
-                initial_loss = value
+            curve.append(value)
             if value < best_loss:
                 best_loss, best = value, attack.detach().clone()
             if value <= settings.early_stop_loss or step == settings.steps:
@@ -75,7 +78,7 @@ def optimise_embeddings(model, layout: PromptLayout, settings: EmbeddingSettings
         prompt = torch.cat([
             embedding(layout.before_ids.to(device)), best.to(dtype), embedding(layout.after_ids.to(device))
         ])
-    return EmbeddingResult(prompt.cpu(), best_loss, initial_loss, step)
+    return EmbeddingResult(prompt.cpu(), best_loss, curve[0], step, curve)
 
 
 def embeds_digest(embeds: torch.Tensor) -> str:
@@ -83,10 +86,11 @@ def embeds_digest(embeds: torch.Tensor) -> str:
     return hashlib.sha256(embeds.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def save_result(path: Path, result: EmbeddingResult) -> None:
+def save_result(path: Path, result: EmbeddingResult, key: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    metadata = {"loss": repr(result.loss), "initial_loss": repr(result.initial_loss), "steps": str(result.steps)}
+    metadata = {"loss": repr(result.loss), "initial_loss": repr(result.initial_loss), "steps": str(result.steps),
+                "losses": json.dumps(result.losses), "key": json.dumps(key, sort_keys=True)}
     save_file({"prompt_embeds": result.prompt_embeds.contiguous()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
@@ -96,7 +100,7 @@ def load_result(path: Path) -> EmbeddingResult:
         metadata = handle.metadata()
     return EmbeddingResult(
         load_file(str(path))["prompt_embeds"], float(metadata["loss"]), float(metadata["initial_loss"]),
-        int(metadata["steps"]),
+        int(metadata["steps"]), json.loads(metadata["losses"]),
     )
 
 
@@ -123,13 +127,14 @@ class InputEmbeddingAttack(Attack):
                 log.info("input_embedding %s: loss %.3f -> %.3f in %d steps",
                          row.id, result.initial_loss, result.loss, result.steps)
                 if path is not None:
-                    save_result(path, result)
+                    save_result(path, result, cache.key(row, target))
             placeholder = f"[{len(layout.attack_ids)} optimised input embeddings]"
             prompts.append(AttackedPrompt(
                 row=row,
                 attack=self.name,
                 messages=user_turn(f"{behavior} {placeholder}"),
-                meta={"loss": result.loss, "initial_loss": result.initial_loss, "steps": result.steps},
+                meta={"loss": result.loss, "initial_loss": result.initial_loss, "steps": result.steps,
+                      "result_file": None if path is None else str(path)},
                 embeds=result.prompt_embeds,
                 embeds_digest=embeds_digest(result.prompt_embeds),
             ))

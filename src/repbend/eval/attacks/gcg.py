@@ -6,7 +6,9 @@ tokens, samples ``search_width`` candidates that each swap one position for one 
 ``topk`` tokens with the most negative gradient, keeps the candidates whose text
 tokenizes back to the same ids inside the prompt, and moves to the candidate with the
 lowest loss. Defaults are HarmBench's (500 steps, 20 "!" tokens, 512 candidates, top 256,
-ASCII tokens only); the best suffix seen is returned. Results are cached per behavior.
+ASCII tokens only); the best suffix seen is returned. Each behavior's result (best suffix,
+its ids, the loss curve) is saved as JSON under the cache folder, with the key naming the
+model and row, and reused.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class SuffixResult:
     loss: float
     initial_loss: float
     steps: int
+    losses: list  # the loss curve: the start, then the chosen candidate's loss at each step
 
 
 def allowed_tokens(tokenizer, vocab_size: int, allow_non_ascii: bool) -> torch.Tensor:
@@ -143,6 +146,7 @@ def optimise_suffix(model, tokenizer, layout: PromptLayout, settings: GCGSetting
     losses, generated = candidate_losses(target_loss, embedding, current[None], 1)
     initial_loss = best_loss = losses.item()
     best_ids, best_generated = current, generated.item()
+    curve = [initial_loss]
     steps = 0
     while steps < settings.steps and best_loss > settings.early_stop_loss and not best_generated:
         grad = token_gradient(target_loss, embedding, current)
@@ -154,11 +158,12 @@ def optimise_suffix(model, tokenizer, layout: PromptLayout, settings: GCGSetting
         losses, generated = candidate_losses(target_loss, embedding, candidates, settings.batch_size)
         index = int(losses.argmin())
         current = candidates[index]
+        curve.append(losses[index].item())
         steps += 1
         if losses[index].item() < best_loss:
             best_ids, best_loss, best_generated = current, losses[index].item(), bool(generated[index])
     text = attack_texts(tokenizer, layout, best_ids[None])[0]
-    return SuffixResult(text[1:], best_ids.tolist(), best_loss, initial_loss, steps)
+    return SuffixResult(text[1:], best_ids.tolist(), best_loss, initial_loss, steps, curve)
 
 
 @register
@@ -178,7 +183,7 @@ class GCGAttack(Attack):
             behavior, target = request_text(row), row.target or GENERIC_OPENING
             path = cache.path(row, target)
             if path is not None and path.is_file():
-                result = SuffixResult(**json.loads(path.read_text()))
+                result = SuffixResult(**json.loads(path.read_text())["result"])
             else:
                 if allowed is None:
                     vocab_size = model.get_input_embeddings().weight.shape[0]
@@ -188,12 +193,12 @@ class GCGAttack(Attack):
                 log.info("gcg %s: loss %.3f -> %.3f in %d steps",
                          row.id, result.initial_loss, result.loss, result.steps)
                 if path is not None:
-                    write_json_atomic(path, asdict(result))
+                    write_json_atomic(path, {"key": cache.key(row, target), "result": asdict(result)})
             prompts.append(AttackedPrompt(
                 row=row,
                 attack=self.name,
                 messages=user_turn(f"{behavior} {result.suffix}"),
                 meta={"loss": result.loss, "initial_loss": result.initial_loss, "steps": result.steps,
-                      "suffix": result.suffix},
+                      "suffix": result.suffix, "result_file": None if path is None else str(path)},
             ))
         return prompts

@@ -151,11 +151,16 @@ class ResultCache:
                 "seed": context.seed,
             }
 
+    def key(self, row: BehaviorRow, target: str) -> dict:
+        """What the file for ``row`` holds a result of; also written into it, so each file
+        says which model and row it belongs to."""
+        return {**self.common, "behavior": [row.id, row.prompt, row.context, target]}
+
     def path(self, row: BehaviorRow, target: str) -> Path | None:
         """The file for ``row``; None without a cache folder."""
         if self.folder is None:
             return None
-        key = json.dumps({**self.common, "behavior": [row.id, row.prompt, row.context, target]}, sort_keys=True)
+        key = json.dumps(self.key(row, target), sort_keys=True)
         readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", row.id)[:80]
         return self.folder / f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{self.extension}"
 

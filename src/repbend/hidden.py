@@ -1,0 +1,75 @@
+"""Hidden states of a model: forward hooks that record the residual stream (always
+removed), and the states at the last token of chat-rendered prompts, which the analysis
+measures and the steering attack's refusal direction is made of."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .models import decoder_of, find_blocks
+
+
+def _output_tensor(output) -> torch.Tensor:
+    # Older transformers blocks return (hidden, attentions, ...); newer ones the tensor.
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def capture_hidden(model, layers: Iterable[int]) -> Iterator[dict]:
+    """While open, each forward writes ``{index: tensor [B, T, D]}`` into the yielded dict
+    (overwriting the previous forward's): index 0 is the input embedding's output, i the
+    output of decoder block i (the residual stream, before the final norm). The hooks are
+    removed on exit, also when the body raises, so a failed analysis leaves the model as
+    it was (the same model is then trained or evaluated)."""
+    wanted = set(layers)
+    blocks = model.get_submodule(find_blocks(model).prefix)
+    modules = {0: model.get_input_embeddings(), **{i + 1: block for i, block in enumerate(blocks)}}
+    unknown = wanted - modules.keys()
+    if unknown:
+        raise ValueError(f"layers {sorted(unknown)} are out of range 0..{len(blocks)}")
+    captured: dict = {}
+    handles = []
+
+    def recorder(index: int):
+        def hook(module, inputs, output):
+            captured[index] = _output_tensor(output).detach()
+
+        return hook
+
+    try:
+        for index in sorted(wanted):
+            handles.append(modules[index].register_forward_hook(recorder(index)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def prompt_text(tokenizer, prompt: str) -> str:
+    """``prompt`` as a user turn followed by the assistant header."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def last_token_states(model, tokenizer, prompts: list[str], layers: list[int], batch_size: int,
+                      bar=None) -> dict[int, torch.Tensor]:
+    """Per layer (see :func:`capture_hidden`), the hidden state at the last token of each
+    prompt rendered by :func:`prompt_text`: ``{layer: [n, D]}`` (float32, CPU)."""
+    device = next(model.parameters()).device
+    decoder = decoder_of(model)  # the LM head over every position is not needed
+    states = {layer: [] for layer in layers}
+    for start in range(0, len(prompts), batch_size):
+        texts = [prompt_text(tokenizer, p) for p in prompts[start:start + batch_size]]
+        # Right padding: real tokens never attend to pads and keep their positions.
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with capture_hidden(model, layers) as hidden:
+            decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        rows, last = torch.arange(len(texts), device=device), batch["attention_mask"].sum(1) - 1
+        for layer in layers:
+            states[layer].append(hidden[layer][rows, last].float().cpu())
+        if bar is not None:
+            bar.update(1)
+    return {layer: torch.cat(parts) for layer, parts in states.items()}
