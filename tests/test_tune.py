@@ -167,6 +167,18 @@ def test_trials_are_pruned_on_divergence_and_at_the_check(tmp_path, built, monke
     assert saved["train"]["steps"] == 1  # stopped at the check: never trained to 3 steps
 
 
+def test_a_trial_that_passes_the_check_trains_on_to_its_steps(tmp_path, built):
+    space = "tune.space={train.lr: {low: 0.001, high: 0.01}}"
+    result = tune(tiny(tmp_path, built, space, "tune.trials=1", "steps=3", "tune.intermediate_check_step=1",
+                       "tune.max_benign_degenerate=1.0"), progress=False)
+    assert result.counts == {"complete": 1}
+    row = json.loads((tmp_path / "tune" / "front.json").read_text())["trials"][0]
+    assert row["check"]["step"] == 1 and not row.get("pruned")
+    saved = yaml.safe_load((tmp_path / "tune" / "trial-000" / "config.yaml").read_text())
+    assert saved["train"]["steps"] == 3
+    assert len((tmp_path / "tune" / "trial-000" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_space_keys_renamed_since_still_search_their_setting(monkeypatch):
     from repbend import config as config_module
 

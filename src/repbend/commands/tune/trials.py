@@ -125,7 +125,9 @@ class Objective:
                 trial.set_user_attr("pruned", reason)
                 raise optuna.TrialPruned(reason)
         # From the check's (or a cut-off run's) checkpoint; a finished run only re-saves its adapter.
-        train(config, resume=_reached(out) > 0, progress=self.progress)
+        # The check's run saved fewer steps; the schedule is constant, so growing them is exact.
+        train(config, resume=_reached(out) > 0, progress=self.progress,
+              allow_changes=frozenset({"train.steps"}) if check else frozenset())
 
 
 @dataclass(kw_only=True)
