@@ -3,6 +3,8 @@ them to the embedded model, the overlays and docs table that must follow it, and
 dev-split lr search (configs/tune-baselines-smollm2-cpu.yaml, tune.method and the grid)."""
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from pathlib import Path
 
@@ -49,8 +51,13 @@ def test_each_baseline_trains_at_its_scaled_launch_settings(method):
     """The overlay's lr is the launch lr times the rule's ratio; coefficients are the
     launch values except the norm-relative ones, which are the embedded values listed."""
     launch = LAUNCH["methods"][method]
-    config = method_config(load_config(COMPARE), method)
+    compare = load_config(COMPARE)
+    config = method_config(dataclasses.replace(compare, compare=dataclasses.replace(compare.compare, overrides={})),
+                           method)
     assert config.train.lr == pytest.approx(scaled_lr(method), rel=1e-9)
+    # An lr in compare.overrides is a winner of the method's dev-split grid around that value.
+    compared = method_config(compare, method).train.lr
+    assert any(compared == pytest.approx(scaled_lr(method) * factor, rel=1e-4) for factor in (1 / 3, 1, 3))
     for key, value in {**launch["coefficients"], **launch.get("embedded", {})}.items():
         assert setting(config, key) == value, key
 

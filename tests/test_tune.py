@@ -83,9 +83,9 @@ def test_embedded_study_config_is_the_main_jobs(tmp_path):
 def test_study_resumes_after_an_interrupt_and_writes_front_and_config(tmp_path, built, monkeypatch):
     trained, evaluate = [], trials.evaluate
 
-    def counting_train(config, resume=False, progress=True):
+    def counting_train(config, resume=False, progress=True, **options):
         trained.append(Path(config.output_dir).name)
-        return real_train(config, resume=resume, progress=progress)
+        return real_train(config, resume=resume, progress=progress, **options)
 
     def interrupted_evaluate(config, progress=True):
         if str(config.eval.output_dir).endswith("trial-001/eval") and not interrupted:

@@ -328,7 +328,7 @@ class TuneConfig:
     # (choices: the config's value times each factor).
     space: dict = field(default_factory=dict)
     # A `repbend compare` method: the study searches the config with its overlay
-    # (compare.method_dir/<name>.yaml) and compare.overrides.<name>, as compare trains it.
+    # (compare.method_dir/<name>.yaml; not compare.overrides, where its winner goes).
     method: Optional[str] = None
     enqueue: list = field(default_factory=list)  # points (space key -> value) tried first
     # The best point: helpfulness and over-refusal compliance at least these shares of

@@ -64,10 +64,12 @@ def _retry_cut_off(study) -> None:
 
 
 def method_study_config(config: Config, method: str) -> Config:
-    """``tune.method``: the config as `repbend compare` trains that method (its overlay,
-    then compare.overrides.<method>), so the study searches around the compared settings;
-    its folder is OUTPUT_DIR/<method>."""
-    overlaid = with_overlay(config, method)
+    """``tune.method``: the config with that method's `repbend compare` overlay (its launch
+    settings scaled by the rule), in OUTPUT_DIR/<method>. Not compare.overrides: that is
+    where the study's winner goes, and a study that read it would search around its own
+    last result."""
+    overlaid = with_overlay(dataclasses.replace(config, compare=dataclasses.replace(config.compare, overrides={})),
+                            method)
     if overlaid.loss.method == TASK_ARITHMETIC:
         raise ConfigError(f"tune.method={method}: task arithmetic merges two trained runs, which a trial does not "
                           "do; search refusal_sft (its safe run) instead")
