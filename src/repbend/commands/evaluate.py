@@ -174,6 +174,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                 if score.correct:
                     interval = rate(score.correct, e.seed)
                     score.low, score.high = interval.low, interval.high
+        base.current = None  # else the base model's weights stay loaded while the next model loads
         del backend
         base.current = None
 
