@@ -263,6 +263,21 @@ def test_include_lays_a_config_over_another(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_include_appends_a_list_under_key_plus(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "eval:\n  benchmarks:\n    - {name: generic, label: harmful, path: h.jsonl, attacks: [direct]}\n")
+    (tmp_path / "top.yaml").write_text(
+        "include: base.yaml\neval:\n  benchmarks+:\n    - {name: generic, label: whitebox, path: h.jsonl, attacks: [gcg]}\n")
+    config = load_config(tmp_path / "top.yaml")
+    assert [(b.label, b.attacks) for b in config.eval.benchmarks] == [("harmful", ["direct"]), ("whitebox", ["gcg"])]
+    # Without an include the list is the file's own.
+    (tmp_path / "alone.yaml").write_text("eval:\n  benchmarks+:\n    - {name: generic, path: h.jsonl}\n")
+    assert len(load_config(tmp_path / "alone.yaml").eval.benchmarks) == 1
+    (tmp_path / "bad.yaml").write_text("include: base.yaml\neval: {benchmarks+: {name: generic}}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: benchmarks\+: appends a list to a list"):
+        load_config(tmp_path / "bad.yaml")
+
+
 @pytest.mark.parametrize("override, named", [
     ("train.lr=-1", "train.lr: must be > 0, got -1.0"),
     ("train.micro_batch=0", "train.micro_batch: must be >= 1, got 0"),

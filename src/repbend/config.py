@@ -815,7 +815,8 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple | list = ())
 def _read_with_includes(path: Path, seen: tuple) -> dict:
     """A config file's mapping. ``include: other.yaml`` (relative to the file) is read
     first and this file's keys are laid over it, mappings merged key by key, so a config
-    can say only how it differs from another one instead of copying it."""
+    can say only how it differs from another one instead of copying it. A list replaces
+    the included one; under ``KEY+:`` it is appended to it."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist" + (f" (included from {seen[-1]})" if seen else ""))
     if path.resolve() in seen:
@@ -831,11 +832,13 @@ def _read_with_includes(path: Path, seen: tuple) -> dict:
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     include = data.pop("include", None)
-    if include is None:
-        return data
-    if not isinstance(include, str):
+    if include is not None and not isinstance(include, str):
         raise ConfigError(f"{path}: include: expected one file name, got {include!r}")
-    return _merged(_read_with_includes(path.parent / include, (*seen, path.resolve())), data)
+    base = _read_with_includes(path.parent / include, (*seen, path.resolve())) if include else {}
+    try:
+        return _merged(base, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def merged_config(base: dict, top: dict) -> dict:
@@ -853,8 +856,14 @@ def _upgraded(data: dict, where: str = "") -> dict:
 def _merged(base: dict, top: dict) -> dict:
     merged = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = _merged(merged[key], value)
+        if isinstance(key, str) and key.endswith("+"):
+            key = key[:-1]
+            before = merged.get(key) or []
+            if not isinstance(value, list) or not isinstance(before, list):
+                raise ConfigError(f"{key}+: appends a list to a list, got {value!r} after {before!r}")
+            value = before + value
+        elif isinstance(value, dict):
+            value = _merged(merged[key] if isinstance(merged.get(key), dict) else {}, value)
         merged[key] = value
     return merged
 

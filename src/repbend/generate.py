@@ -25,6 +25,7 @@ import torch
 from .cache import file_digest, folder_digest
 from .chat_api import ChatClient
 from .errors import ConfigError, RepbendError
+from .hidden import shifted_hidden
 from .models import EMBEDDED, _weights_source, embedded_gguf, find_blocks, load_model, load_tokenizer
 
 
@@ -226,29 +227,14 @@ class HFBackend:
 
 @contextmanager
 def steered(model, steering):
-    """While open, every forward pass of ``model`` subtracts ``steering.scale *
-    steering.direction`` from the hidden states ``steering.layers`` (the outputs of blocks
-    layer - 1) at every position. The hooks are removed on exit, also when the body raises."""
+    """While open, ``model`` runs with ``steering.scale * steering.direction`` subtracted
+    from the hidden states ``steering.layers`` (see ``shifted_hidden``)."""
     blocks = model.get_submodule(find_blocks(model).prefix)
     bad = [layer for layer in steering.layers if not 1 <= layer <= len(blocks)]
     if bad:
         raise ConfigError(f"steering: hidden state {bad[0]} is out of range; valid indices are 1..{len(blocks)}")
-    shift = steering.scale * steering.direction
-
-    def hook(module, inputs, output):
-        # Older transformers blocks return (hidden, attentions, ...); newer ones the tensor.
-        hidden = output[0] if isinstance(output, tuple) else output
-        moved = hidden - shift.to(hidden.device, hidden.dtype)
-        return (moved, *output[1:]) if isinstance(output, tuple) else moved
-
-    handles = []
-    try:
-        for layer in steering.layers:
-            handles.append(blocks[layer - 1].register_forward_hook(hook))
+    with shifted_hidden(model, steering.layers, steering.scale * steering.direction):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()

@@ -11,9 +11,13 @@ import torch
 from .models import decoder_of, find_blocks
 
 
+# Older transformers blocks return (hidden, attentions, ...); newer ones the tensor.
 def _output_tensor(output) -> torch.Tensor:
-    # Older transformers blocks return (hidden, attentions, ...); newer ones the tensor.
     return output[0] if isinstance(output, tuple) else output
+
+
+def _with_tensor(output, tensor: torch.Tensor):
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
 
 @contextmanager
@@ -42,6 +46,27 @@ def capture_hidden(model, layers: Iterable[int]) -> Iterator[dict]:
         for index in sorted(wanted):
             handles.append(modules[index].register_forward_hook(recorder(index)))
         yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def shifted_hidden(model, layers: Iterable[int], shift: torch.Tensor) -> Iterator[None]:
+    """While open, every forward pass of ``model`` subtracts ``shift`` ([D]) from the
+    hidden states ``layers`` (1..number of blocks: the outputs of blocks layer - 1) at every
+    position. The hooks are removed on exit, also when the body raises."""
+    blocks = model.get_submodule(find_blocks(model).prefix)
+
+    def hook(module, inputs, output):
+        hidden = _output_tensor(output)
+        return _with_tensor(output, hidden - shift.to(hidden.device, hidden.dtype))
+
+    handles = []
+    try:
+        for layer in layers:
+            handles.append(blocks[layer - 1].register_forward_hook(hook))
+        yield
     finally:
         for handle in handles:
             handle.remove()
