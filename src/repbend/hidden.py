@@ -72,6 +72,34 @@ def shifted_hidden(model, layers: Iterable[int], shift: torch.Tensor) -> Iterato
             handle.remove()
 
 
+class _Reached(Exception):
+    """Raised once the wanted hidden state is captured: the blocks above it never run."""
+
+
+@torch.no_grad()
+def hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+    """Hidden state ``layer`` (the output of block ``layer``, 1..number of blocks), [B, T, D],
+    running only the blocks up to it (a text encoder that reads a middle layer pays for
+    that layer, not the whole model)."""
+    blocks = model.get_submodule(find_blocks(model).prefix)
+    if not 1 <= layer <= len(blocks):
+        raise ValueError(f"hidden state {layer} is out of range 1..{len(blocks)}")
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["state"] = _output_tensor(output)
+        raise _Reached
+
+    handle = blocks[layer - 1].register_forward_hook(hook)
+    try:
+        decoder_of(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    return captured["state"]
+
+
 def prompt_text(tokenizer, prompt: str) -> str:
     """``prompt`` as a user turn followed by the assistant header."""
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
