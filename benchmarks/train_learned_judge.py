@@ -81,29 +81,30 @@ def training_rows() -> tuple[list[labelled.LabelledResponse], list[dict]]:
     return rows, report
 
 
-def copy_features(rows, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every row's copies, [copies, rows, ...]: whole, then each cut. A short
-    response's cuts are the whole response again; each distinct text is featurised once."""
+def distinct_copies(rows, tokenizer, cuts) -> tuple[list[JudgeInput], torch.Tensor, int]:
+    """Every row whole and cut to each of ``cuts`` tokens: (the distinct (behavior, text)
+    items, [copies * rows] the index of each copy among them, the number of copies). A short
+    response's cuts are the whole response again, so each distinct text is featurised once."""
     responses = [r.response for r in rows]
-    copies = [responses] + [labelled.cut(responses, tokenizer, n) for n in CUT_TOKENS]
+    copies = [responses] + [labelled.cut(responses, tokenizer, n) for n in cuts]
     pairs = [(row.behavior, text) for copy in copies for row, text in zip(rows, copy)]
-    distinct = list(dict.fromkeys(pairs))
-    hand, embedding = features([JudgeInput(b, r) for b, r in distinct])
-    index = torch.tensor([{p: i for i, p in enumerate(distinct)}[p] for p in pairs])
-    shape = (len(copies), len(rows))
-    return hand[index].reshape(*shape, -1), embedding[index].reshape(*shape, -1)
+    position = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
+    return [JudgeInput(b, r) for b, r in position], torch.tensor([position[p] for p in pairs]), len(copies)
+
+
+def copy_features(rows, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniLM features of every row's copies, [copies, rows, ...]: whole, then each of CUT_TOKENS."""
+    items, index, copies = distinct_copies(rows, tokenizer, CUT_TOKENS)
+    hand, embedding = features(items)
+    return hand[index].reshape(copies, len(rows), -1), embedding[index].reshape(copies, len(rows), -1)
 
 
 def reader_copy_features(rows, tokenizer) -> dict[int, torch.Tensor]:
     """{hidden state: [copies, rows, READER_DIM]} reader features of the whole rows and
-    their READER_CUTS copies; each distinct text once."""
-    responses = [r.response for r in rows]
-    copies = [responses] + [labelled.cut(responses, tokenizer, n) for n in READER_CUTS]
-    pairs = [(row.behavior, text) for copy in copies for row, text in zip(rows, copy)]
-    distinct = list(dict.fromkeys(pairs))
-    states = reader_features([JudgeInput(b, r) for b, r in distinct], READER_LAYERS)
-    index = torch.tensor([{p: i for i, p in enumerate(distinct)}[p] for p in pairs])
-    return {layer: state[index].reshape(len(copies), len(rows), -1) for layer, state in states.items()}
+    their READER_CUTS copies."""
+    items, index, copies = distinct_copies(rows, tokenizer, READER_CUTS)
+    return {layer: state[index].reshape(copies, len(rows), -1)
+            for layer, state in reader_features(items, READER_LAYERS).items()}
 
 
 def folds(rows: int, seed: int):

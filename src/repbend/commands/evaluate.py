@@ -176,7 +176,6 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                     score.low, score.high = interval.low, interval.high
         base.current = None  # else the base model's weights stay loaded while the next model loads
         del backend
-        base.current = None
 
     entries = group_metrics(records, e.seed)
     results = EvalResults(

@@ -200,21 +200,10 @@ class ReaderHead:
 
 
 def fit_reader_head(states: torch.Tensor, labels: torch.Tensor, l2: float) -> ReaderHead:
-    """Full-batch L-BFGS from zeros (deterministic) on the mean logistic loss."""
-    mean, scale = states.mean(0), states.std(0).clamp_min(1e-6)
-    standardised = (states - mean) / scale
-    weight, bias = torch.zeros(states.shape[1], requires_grad=True), torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(standardised @ weight + bias, labels)
-        loss = loss + l2 * weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return ReaderHead(mean, scale, weight.detach(), bias.detach())
+    """:func:`fit_head` with the reader features as its standardised block and no raw
+    embedding block."""
+    head = fit_head(states, states.new_zeros(len(states), 0), labels, l2, 0.0)
+    return ReaderHead(head.mean, head.scale, head.hand_weight, head.bias)
 
 
 def fit_head(hand: torch.Tensor, embedding: torch.Tensor, labels: torch.Tensor,
