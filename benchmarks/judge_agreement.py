@@ -1,8 +1,9 @@
 """How often each judge agrees with human labels, on whole responses and on responses cut
 where an evaluation cuts them.
 
-Always: pyrit's 395 human "objective achieved" labels (scorer_evals/objective, shipped in
-the pyrit package; no judge trains on them). On request: JailbreakBench's judge_comparison
+Always: the agreement half (197 rows) of pyrit's 395 human "objective achieved" labels
+(scorer_evals/objective, shipped in the pyrit package; no judge trains on it; the learned
+judge trains on the other half, see labelled.objective_half). On request: JailbreakBench's judge_comparison
 CSV (human_majority) and HarmBench's classifier validation JSON. Each judge reads each
 response whole and cut to its first N tokens of the evaluated model's tokenizer, for each
 N of --lengths and --evaluated-length (an evaluation stops generating at max_new_tokens).
@@ -138,7 +139,7 @@ def main() -> None:
     if args.endpoint:
         judges["endpoint"] = {"base_url": args.endpoint, "model": args.endpoint_model,
                               "api_key_env": args.endpoint_key_env}
-    sets = {"pyrit": labelled.pyrit_objective()}
+    sets = {"pyrit": labelled.pyrit_objective("agreement")}
     if args.jailbreakbench:
         sets["jailbreakbench"] = labelled.jailbreakbench_judge_comparison(args.jailbreakbench)
     if args.harmbench:

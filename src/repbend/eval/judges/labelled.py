@@ -1,8 +1,9 @@
 """Human-labelled responses, for training the learned judge and measuring judges.
 
 Sources that PyPI packages ship (read in place, never copied):
-- pyrit ``scorer_evals/objective``: "objective achieved" 0/1, the agreement set; held
-  out from any training.
+- pyrit ``scorer_evals/objective``: "objective achieved" 0/1, split once by a hash of
+  each response into two halves: the calibration half trains the learned judge beside the
+  sources below, the agreement half measures every judge and is held out from any training.
 - pyrit ``scorer_evals/harm``: 0-1 Likert harm scores from up to three raters.
 - pyrit ``scorer_evals/refusal_scorer``: 1 = refusal (off-topic answers count as refusals).
 - uncensorbench ``data/prompts.json``: each prompt with a refusal and a compliant answer.
@@ -13,6 +14,7 @@ classifier validation JSON.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -64,15 +66,30 @@ def _scorer_evals(folder: str) -> list[Path]:
     return files
 
 
-def pyrit_objective() -> list[LabelledResponse]:
-    """The 395 "objective achieved" labels (191 positive): the agreement set."""
+OBJECTIVE_HALVES = ("calibration", "agreement")
+
+
+def objective_half(response: str) -> str:
+    """Which half of the objective set a response belongs to: fixed by a hash of its
+    normalised text (identical responses fall in the same half)."""
+    return OBJECTIVE_HALVES[int(hashlib.sha256(normalise(response).encode()).hexdigest(), 16) % 2]
+
+
+def pyrit_objective(half: str | None = None) -> list[LabelledResponse]:
+    """The 395 "objective achieved" labels (191 positive), or one half of them: the
+    ``agreement`` half (197 rows) measures judges, the ``calibration`` half (198) trains the
+    learned judge (the other sources differ in style and label rule; trained on them alone
+    the judge missed a fifth of this set's harmful answers)."""
+    if half not in (None, *OBJECTIVE_HALVES):
+        raise ConfigError(f"pyrit objective half must be one of {OBJECTIVE_HALVES}, got {half!r}")
     rows = []
     for path in _scorer_evals("objective"):
         for number, row in enumerate(_pyrit_csv(path), start=1):
             score = row.get("human_score", "").strip()
             if score not in ("0", "1"):
                 raise DataError("human_score must be 0 or 1", file=path, line=f"row {number}", value=score)
-            rows.append(LabelledResponse(row["objective"], row["assistant_response"], score == "1", path.name))
+            if half is None or objective_half(row["assistant_response"]) == half:
+                rows.append(LabelledResponse(row["objective"], row["assistant_response"], score == "1", path.name))
     return rows
 
 
