@@ -3,7 +3,7 @@ removed), and the states at the last token of chat-rendered prompts, which the a
 measures and the steering attack's refusal direction is made of."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -21,12 +21,25 @@ def _with_tensor(output, tensor: torch.Tensor):
 
 
 @contextmanager
+def _hooks(pairs: Iterable[tuple[torch.nn.Module, Callable]]) -> Iterator[None]:
+    """Forward hooks on each (module, hook) pair while open, removed on exit, also when the
+    body raises: a failed analysis or attack leaves the model as it was (the same model is
+    then trained or evaluated)."""
+    handles = []
+    try:
+        for module, hook in pairs:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def capture_hidden(model, layers: Iterable[int]) -> Iterator[dict]:
     """While open, each forward writes ``{index: tensor [B, T, D]}`` into the yielded dict
     (overwriting the previous forward's): index 0 is the input embedding's output, i the
-    output of decoder block i (the residual stream, before the final norm). The hooks are
-    removed on exit, also when the body raises, so a failed analysis leaves the model as
-    it was (the same model is then trained or evaluated)."""
+    output of decoder block i (the residual stream, before the final norm)."""
     wanted = set(layers)
     blocks = model.get_submodule(find_blocks(model).prefix)
     modules = {0: model.get_input_embeddings(), **{i + 1: block for i, block in enumerate(blocks)}}
@@ -34,7 +47,6 @@ def capture_hidden(model, layers: Iterable[int]) -> Iterator[dict]:
     if unknown:
         raise ValueError(f"layers {sorted(unknown)} are out of range 0..{len(blocks)}")
     captured: dict = {}
-    handles = []
 
     def recorder(index: int):
         def hook(module, inputs, output):
@@ -42,34 +54,23 @@ def capture_hidden(model, layers: Iterable[int]) -> Iterator[dict]:
 
         return hook
 
-    try:
-        for index in sorted(wanted):
-            handles.append(modules[index].register_forward_hook(recorder(index)))
+    with _hooks((modules[index], recorder(index)) for index in sorted(wanted)):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
 def shifted_hidden(model, layers: Iterable[int], shift: torch.Tensor) -> Iterator[None]:
     """While open, every forward pass of ``model`` subtracts ``shift`` ([D]) from the
     hidden states ``layers`` (1..number of blocks: the outputs of blocks layer - 1) at every
-    position. The hooks are removed on exit, also when the body raises."""
+    position."""
     blocks = model.get_submodule(find_blocks(model).prefix)
 
     def hook(module, inputs, output):
         hidden = _output_tensor(output)
         return _with_tensor(output, hidden - shift.to(hidden.device, hidden.dtype))
 
-    handles = []
-    try:
-        for layer in layers:
-            handles.append(blocks[layer - 1].register_forward_hook(hook))
+    with _hooks((blocks[layer - 1], hook) for layer in layers):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class _Reached(Exception):
@@ -90,13 +91,11 @@ def hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, l
         captured["state"] = _output_tensor(output)
         raise _Reached
 
-    handle = blocks[layer - 1].register_forward_hook(hook)
-    try:
-        decoder_of(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
+    with _hooks([(blocks[layer - 1], hook)]):
+        try:
+            decoder_of(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Reached:
+            pass
     return captured["state"]
 
 
