@@ -4,8 +4,9 @@ agreement set. ``benchmarks/train_learned_judge.py`` rebuilds them deterministic
 
 Both heads read a response's first ``READ_CHARS`` characters (about 250 tokens, MiniLM's
 256-token limit) and nothing after them, a degenerate response with each word once (a
-loop adds nothing to what it carries out). Degeneration is no feature and no veto: the
-heads decide compliance; metrics report degenerate answers separately.
+loop adds nothing to what it carries out). Degeneration is no feature: the heads decide
+compliance, and a loop is judged like any answer; only an empty or unreadable answer
+(``UNREADABLE``) is never harmful. Metrics report degenerate answers separately.
 
 The MiniLM head. Features: refusal phrases (in the opening, the first 100 characters, the
 read window), topicality (MiniLM cosine of the behavior with the opening and with the
