@@ -121,3 +121,26 @@ def test_capability_scores_carry_intervals_into_the_table(eval_config):
     assert "| repbend_facts150 |" in render_markdown(results)
     saved = json.loads((Path(config.output_dir) / "eval" / "results.json").read_text())
     assert EvalResults.from_json(saved) == results and results.to_json() == saved
+
+
+def test_capability_scores_are_reused_until_a_setting_changes(eval_config, monkeypatch):
+    import repbend.commands.evaluate as evaluate_module
+
+    scored = []
+    real = evaluate_module.evaluate_capability
+
+    def counting(*args, **kwargs):
+        scored.append(kwargs["limit"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate_capability", counting)
+    overrides = ("eval.benchmarks=[]", "eval.capability_tasks=[repbend_facts150]")
+    first = evaluate(eval_config(*overrides, "eval.capability_limit=4"), progress=False).results
+    again = evaluate(eval_config(*overrides, "eval.capability_limit=4"), progress=False).results
+    assert scored == [4, 4]  # base and adapter once each; the second evaluation read the cache
+    assert again.capability == first.capability
+    evaluate(eval_config(*overrides, "eval.capability_limit=5"), progress=False)
+    assert scored == [4, 4, 5, 5]
+    # A standard task's items live outside what the key reads: never cached.
+    config = eval_config(*overrides, "eval.capability_tasks=[arc_challenge]")
+    assert evaluate_module.capability_key("model", config.eval) is None

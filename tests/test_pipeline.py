@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +114,44 @@ def test_runs_on_one_build_share_the_evaluation_answers(tmp_path, monkeypatch):
 def test_a_stage_whose_process_dies_is_a_clear_error():
     with pytest.raises(RepbendError, match="the training process died"):
         stages.in_fresh_process("training", os._exit, 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_a_killed_command_takes_its_stage_process_with_it(tmp_path):
+    # The parent runs a one-minute stage in a fresh process and is killed without a chance
+    # to clean up: the stage must not go on writing into the run folder.
+    (tmp_path / "slow_stage.py").write_text(
+        "import os, pathlib, time\n"
+        "def stage(marker):\n"
+        "    pathlib.Path(marker).write_text(str(os.getpid()))\n"
+        "    time.sleep(60)\n")
+    marker = tmp_path / "stage.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "from repbend.commands import stages; import slow_stage; "
+                               f"stages.in_fresh_process('evaluation', slow_stage.stage, {str(marker)!r})"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    try:
+        for _ in range(600):
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the stage never started")
+        stage = int(marker.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        for _ in range(100):
+            try:
+                if Path(f"/proc/{stage}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break  # dead, not yet reaped
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(stage, signal.SIGKILL)
+            pytest.fail("the stage process outlived its killed parent")
+    finally:
+        parent.kill()
 
 
 def test_run_refuses_to_mix_runs_with_other_settings(tmp_path, monkeypatch):

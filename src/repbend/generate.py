@@ -350,7 +350,8 @@ class EndpointBackend:
 
 
 class GenerationCache:
-    """An append-only JSONL file of finished generations; one line per prompt."""
+    """An append-only JSONL file of finished results, one line per key: generations (a
+    prompt's answer) and, beside them, a model's capability scores."""
 
     def __init__(self, path: Path | None):
         self.path = Path(path) if path else None

@@ -159,7 +159,7 @@ def prepare(config: Config) -> tuple:
     set_seed(config.train.seed)  # LoRA's initial weights do not depend on data loading
     model = attach_lora(model, config.lora, method.loss_layers)
     if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return tokenizer, model, method, streams
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from ..config import Config, save_config, to_dict
 from ..data.benchmarks import load_benchmark
 from ..errors import ConfigError
 from ..eval.attacks import ATTACKS, AttackContext
-from ..eval.capability import evaluate_capability
+from ..eval.capability import OFFLINE_TASKS, evaluate_capability, offline_task_docs
 from ..eval.judges import DEFAULT_JUDGE, build_judge
 from ..eval.judging import judge_responses
 from ..eval.metrics import group_metrics, rate, summary
@@ -34,6 +36,11 @@ from ..generate import (
     weights_identity,
 )
 from ..types import CAPABILITY
+
+log = logging.getLogger(__name__)
+
+# Beside the generation cache: the capability scores of each model, keyed by content.
+CAPABILITY_CACHE = "capability-scores.jsonl"
 
 VERSIONED = ("repbend", "torch", "transformers", "peft", "accelerate", "lm-eval")
 
@@ -91,6 +98,23 @@ class BaseModel:
         return backend.model, backend.tokenizer
 
 
+def capability_key(identity: str, e) -> str | None:
+    """The cache key of a model's capability scores under ``e`` (the eval settings): the
+    model, every item and setting of each task, and what scores them. None when a task is a
+    standard one: its items sit in the Hugging Face cache, outside what the key can read."""
+    tasks = sorted(e.capability_tasks)
+    if any(name not in OFFLINE_TASKS for name in tasks):
+        return None
+    return digest({
+        "model": identity,
+        "tasks": {name: {"items": offline_task_docs(name, e.capability_split), "settings": OFFLINE_TASKS[name].yaml}
+                  for name in tasks},
+        "limit": e.capability_limit,
+        "batch_size": e.capability_batch_size or e.batch_size,  # padding changes the scores' last digits
+        "lm_eval": package_versions(["lm-eval"])["lm-eval"],
+    })
+
+
 def make_backend(config: Config, model_config, adapter):
     e = config.eval
     if e.backend == "hf":
@@ -136,6 +160,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
     settings = GenerationSettings(e.max_new_tokens, e.do_sample, e.temperature, e.top_p, e.seed, e.batch_size,
                                   e.max_batch_tokens)
     cache = GenerationCache(Path(e.generation_cache) if e.generation_cache else out / "cache" / "generations.jsonl")
+    scores_cache = GenerationCache(cache.path.with_name(CAPABILITY_CACHE))
 
     records, capability, generated = [], {}, 0
     base = BaseModel(config.model)
@@ -154,20 +179,31 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                 groups.append(ATTACKS.get(attack_name)().prepare(benchmark_rows, context))
         # One generation over every set and attack, so batches are full and sorted by length
         # across them (a batch runs as long as its longest answer, however few rows it has).
+        started = time.perf_counter()
         responses, fresh = generate(backend, [p for prompts in groups for p in prompts], settings, cache, progress)
         generated += fresh
+        log.info("%s: %d answers (%d generated now) in %.0f s", label, len(responses), fresh, time.perf_counter() - started)
+        started = time.perf_counter()
         start = 0
         for prompts in groups:
             records += judge_responses(label, prompts, responses[start:start + len(prompts)], judge, refusals)
             start += len(prompts)
+        log.info("%s: judged in %.0f s", label, time.perf_counter() - started)
         if e.capability_tasks:
             if not isinstance(backend, HFBackend):
                 raise ConfigError("capability tasks run through lm-eval on the hf backend")
-            scores = evaluate_capability(
-                backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
-                limit=e.capability_limit, split=e.capability_split,
-                batch_size=e.capability_batch_size or e.batch_size,
-            )
+            started = time.perf_counter()
+            key = capability_key(backend.identity, e)
+            scores = scores_cache.entries.get(key) if key else None
+            if scores is None:
+                scores = evaluate_capability(
+                    backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
+                    limit=e.capability_limit, split=e.capability_split,
+                    batch_size=e.capability_batch_size or e.batch_size,
+                )
+                if key:
+                    scores_cache.add({key: scores})
+            log.info("%s: capability tasks scored in %.0f s", label, time.perf_counter() - started)
             capability[label] = {task: CapabilityScore.from_json(score, f"capability[{task!r}]")
                                  for task, score in scores.items()}
             for score in capability[label].values():  # the same bootstrap interval as every other rate

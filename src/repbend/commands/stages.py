@@ -7,9 +7,14 @@ back when it ends, so the peak is the largest stage's.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
+import os
 import resource
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -18,8 +23,20 @@ from ..errors import RepbendError
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
-def _configure_logging(level: int) -> None:
+# prctl(2) option: the signal this process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _start_child(level: int, parent: int) -> None:
+    """In the stage's process: the parent's log level, and on Linux a SIGTERM when the
+    parent dies, however it dies (a killed `repbend run` would else leave its stage running,
+    still writing into the run folder)."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the signal was asked for
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def in_fresh_process(stage: str, function, *args, **kwargs):
@@ -28,8 +45,8 @@ def in_fresh_process(stage: str, function, *args, **kwargs):
     OpenMP thread pool state, which can deadlock torch; it costs one import of the
     package (about 4 s)."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context, initializer=_configure_logging,
-                             initargs=(logging.getLogger().level,)) as pool:
+    with ProcessPoolExecutor(1, mp_context=context, initializer=_start_child,
+                             initargs=(logging.getLogger().level, os.getpid())) as pool:
         try:
             return pool.submit(function, *args, **kwargs).result()
         except BrokenProcessPool as error:
