@@ -209,7 +209,7 @@ def test_embedded_main_job_end_to_end(tmp_path):
     base = result.results.entry("base", "harmful", "direct").asr.value
     trained = result.results.entry("main/adapter", "harmful", "direct").asr.value
     assert trained < 0.5 * base
-    # At 128 new tokens the base model itself loops on some benign prompts: the trained
+    # At the evaluated length the base model itself loops on some benign prompts: the trained
     # model must not loop more often than it does.
     degenerate = {model: result.results.entry(model, "benign", "direct").degenerate.value
                   for model in ("base", "main/adapter")}
