@@ -143,4 +143,4 @@ def test_capability_scores_are_reused_until_a_setting_changes(eval_config, monke
     assert scored == [4, 4, 5, 5]
     # A standard task's items live outside what the key reads: never cached.
     config = eval_config(*overrides, "eval.capability_tasks=[arc_challenge]")
-    assert evaluate_module.capability_key("model", config.eval) is None
+    assert evaluate_module.capability_key("model", config.eval, 8) is None

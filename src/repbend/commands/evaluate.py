@@ -98,9 +98,10 @@ class BaseModel:
         return backend.model, backend.tokenizer
 
 
-def capability_key(identity: str, e) -> str | None:
-    """The cache key of a model's capability scores under ``e`` (the eval settings): the
-    model, every item and setting of each task, and what scores them. None when a task is a
+def capability_key(identity: str, e, batch_size: int) -> str | None:
+    """The cache key of a model's capability scores under ``e`` (the eval settings), scored
+    ``batch_size`` rows at a time: the model, every item and setting of each task, and what
+    scores them. None when a task is a
     standard one: its items sit in the Hugging Face cache, outside what the key can read."""
     tasks = sorted(e.capability_tasks)
     if any(name not in OFFLINE_TASKS for name in tasks):
@@ -110,7 +111,7 @@ def capability_key(identity: str, e) -> str | None:
         "tasks": {name: {"items": offline_task_docs(name, e.capability_split), "settings": OFFLINE_TASKS[name].yaml}
                   for name in tasks},
         "limit": e.capability_limit,
-        "batch_size": e.capability_batch_size or e.batch_size,  # padding changes the scores' last digits
+        "batch_size": batch_size,  # padding changes the scores' last digits
         "lm_eval": package_versions(["lm-eval"])["lm-eval"],
     })
 
@@ -161,6 +162,7 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
                                   e.max_batch_tokens)
     cache = GenerationCache(Path(e.generation_cache) if e.generation_cache else out / "cache" / "generations.jsonl")
     scores_cache = GenerationCache(cache.path.with_name(CAPABILITY_CACHE))
+    capability_batch = e.capability_batch_size or e.batch_size
 
     records, capability, generated = [], {}, 0
     base = BaseModel(config.model)
@@ -193,13 +195,13 @@ def evaluate(config: Config, progress: bool = True) -> EvalResult:
             if not isinstance(backend, HFBackend):
                 raise ConfigError("capability tasks run through lm-eval on the hf backend")
             started = time.perf_counter()
-            key = capability_key(backend.identity, e)
+            key = capability_key(backend.identity, e, capability_batch)
             scores = scores_cache.entries.get(key) if key else None
             if scores is None:
                 scores = evaluate_capability(
                     backend.model, backend.tokenizer, e.capability_tasks, out / "cache" / "capability",
                     limit=e.capability_limit, split=e.capability_split,
-                    batch_size=e.capability_batch_size or e.batch_size,
+                    batch_size=capability_batch,
                 )
                 if key:
                     scores_cache.add({key: scores})
