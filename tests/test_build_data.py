@@ -227,6 +227,7 @@ def test_smollm2_builds_a_small_real_set(tmp_path, monkeypatch):
     config = load_config(ROOT / "configs" / "smollm2-cpu.yaml", [
         f"output_dir={tmp_path}", "build.max_train_harmful=20", "build.max_benign=28",
         "build.max_heldout_harmful=20", "build.max_new_tokens=48", "build.batch_size=10",
+        "build.max_retain_instructions=20",
     ])
     result = build_data(config, progress=False)
     counts, manifest = result.counts, result.manifest
