@@ -101,8 +101,8 @@ class BaseModel:
 def capability_key(identity: str, e, batch_size: int) -> str | None:
     """The cache key of a model's capability scores under ``e`` (the eval settings), scored
     ``batch_size`` rows at a time: the model, every item and setting of each task, and what
-    scores them. None when a task is a
-    standard one: its items sit in the Hugging Face cache, outside what the key can read."""
+    scores them. None when a task is a standard one: its items sit in the Hugging Face
+    cache, outside what the key can read."""
     tasks = sorted(e.capability_tasks)
     if any(name not in OFFLINE_TASKS for name in tasks):
         return None
