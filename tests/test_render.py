@@ -275,11 +275,51 @@ def test_retain_rows_render_the_whole_conversation(templated):
     assert len(cut) == 20 and list(cut.input_ids) == ids_of(tokenizer, whole)[:20]
 
 
+def test_retain_window_keeps_the_last_answer(templated):
+    tokenizer, template = templated
+    messages = RETAIN_EXAMPLE.messages[:-1] + (assistant("A reply of some length."),)
+    example = replace(RETAIN_EXAMPLE, messages=messages)
+    context = ids_of(tokenizer, template.prompt(messages[:-1]))
+    answer = ids_of(tokenizer, "A reply of some length." + template.eot)
+    whole = ids_of(tokenizer, template.conversation(messages))
+    assert whole == context + answer  # the hand-written layout, checked once
+
+    def keep(window):
+        return list(render_example(tokenizer, example, **{**LIMITS, "max_retain_tokens": window},
+                                   retain_window="last_answer").input_ids)
+
+    # A window at least twice the answer: the context loses its beginning only.
+    window = 2 * len(answer) + 1
+    assert keep(window) == context[-(len(answer) + 1):] + answer
+    # A smaller window: the context's end and the answer's start, half each.
+    window = len(answer)
+    assert keep(window) == context[-(window - window // 2):] + answer[: window // 2]
+    # A short context is kept whole; the answer fills the rest.
+    long_answer = "A much longer reply, long enough to overflow. " * 4
+    short = replace(example, messages=(user("Q?"), assistant(long_answer)))
+    short_context = ids_of(tokenizer, template.prompt(short.messages[:1]))
+    window = 2 * len(short_context) + 2
+    kept = render_example(tokenizer, short, **{**LIMITS, "max_retain_tokens": window}, retain_window="last_answer")
+    assert list(kept.input_ids) == short_context + ids_of(tokenizer, long_answer.strip())[: window - len(short_context)]
+    # A conversation that fits is left whole; "start" keeps the first tokens.
+    assert keep(len(whole)) == whole
+    start = render_example(tokenizer, example, **{**LIMITS, "max_retain_tokens": window})
+    assert list(start.input_ids) == whole[:window]
+
+
+def test_retain_window_needs_a_last_answer(byte_tok):
+    example = replace(RETAIN_EXAMPLE, messages=RETAIN_EXAMPLE.messages[:-1])
+    with pytest.raises(DataError, match="t:4: data.retain_window=last_answer"):
+        render_example(byte_tok, example, **{**LIMITS, "max_retain_tokens": 5}, retain_window="last_answer")
+
+
 def test_render_all_uses_data_config(byte_tok):
     config = DataConfig(max_prompt_tokens=10, max_response_tokens=4, max_retain_tokens=15)
     rows = render_all(byte_tok, EXAMPLES + [RETAIN_EXAMPLE], config)
     assert [r.prompt_len for r in rows] == [10, 10, 10, 0]
     assert [len(r) for r in rows] == [14, 14, 14, 15]
+    rows = render_all(byte_tok, [RETAIN_EXAMPLE], replace(config, retain_window="last_answer"))
+    assert decode(byte_tok, rows[0].input_ids).endswith("\nReply.<|im_end|>")  # the context's end, the answer's start
 
 
 def test_template_failure_is_a_data_error(byte_tok):

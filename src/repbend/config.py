@@ -91,6 +91,13 @@ class DataConfig:
     max_prompt_tokens: int = 512  # prompts are cut from the left: the header survives
     max_response_tokens: int = 512  # responses are cut from the right
     max_retain_tokens: int = 1024
+    # Which part of a retain conversation longer than max_retain_tokens is kept. "start":
+    # its first tokens (the reference's truncation). "last_answer": the context before the
+    # last assistant turn loses its beginning and the answer its end, each keeping at
+    # least half the window when it has that many tokens. With short windows "start"
+    # leaves long prompts few or no answer tokens, and the KL then never reads where the
+    # model chooses between answering and refusing.
+    retain_window: Literal["start", "last_answer"] = "start"
     # Sort rows of similar length into the same micro-batch (less padding).
     group_by_length: bool = False
     # What one item of a micro-batch holds. "streams": one row of each set a method reads

@@ -7,6 +7,8 @@ marker, or the text alone when ``data.response_end_of_turn`` is false). Prompts 
 from the left so the assistant header, the position the ``prompt_last`` mode and the
 cosine term read, always survives; responses from the right.
 An example's ``opening`` (recovery rows) follows the header on the prompt side.
+Retain rows are whole conversations, all read as one span, cut to ``max_retain_tokens``
+(``data.retain_window``: from the start, or around the last answer).
 """
 from __future__ import annotations
 
@@ -52,16 +54,36 @@ def _without_end_of_turn(response_text: str, example: Example) -> str:
     return response_text[: at + len(answer)]
 
 
+def _keep_last_answer(tokenizer, example: Example, window: int) -> list:
+    """A retain conversation cut to ``window`` tokens around its last assistant turn: the
+    context before it loses its beginning, the answer its end. When both are longer than
+    half the window each keeps half; otherwise the shorter is whole and the longer fills
+    the rest."""
+    if example.messages[-1].get("role") != "assistant":
+        raise DataError("data.retain_window=last_answer needs retain conversations that end with an assistant turn",
+                        file=example.source, field="messages", value=example.messages[-1].get("role"))
+    context_text = _template(tokenizer, example.messages[:-1], example.source, add_generation_prompt=True)
+    whole_text = _template(tokenizer, example.messages, example.source)
+    if not whole_text.startswith(context_text):
+        raise DataError("data.retain_window=last_answer needs a chat template that leaves earlier turns as they are; "
+                        "this one rewrites them once an answer follows", file=example.source)
+    context, answer = _ids(tokenizer, context_text), _ids(tokenizer, whole_text[len(context_text):])
+    context_budget = window - min(len(answer), window // 2)
+    context = context[-context_budget:]
+    return context + answer[: window - len(context)]
+
+
 def render_example(
     tokenizer, example: Example, *, max_prompt_tokens: int, max_response_tokens: int, max_retain_tokens: int,
-    end_of_turn: bool = True,
+    end_of_turn: bool = True, retain_window: str = "start",
 ) -> Rendered:
     if min(max_prompt_tokens, max_response_tokens, max_retain_tokens) < 1:
         raise ConfigError("data.max_prompt_tokens, max_response_tokens and max_retain_tokens must be at least 1")
     if example.kind == RETAIN:
-        text = _template(tokenizer, example.messages, example.source)
-        ids = _ids(tokenizer, text)[:max_retain_tokens]
-        return Rendered(tuple(ids), 0, example.kind, example.pair_id, example.source)
+        ids = _ids(tokenizer, _template(tokenizer, example.messages, example.source))
+        if retain_window == "last_answer" and len(ids) > max_retain_tokens:
+            ids = _keep_last_answer(tokenizer, example, max_retain_tokens)
+        return Rendered(tuple(ids[:max_retain_tokens]), 0, example.kind, example.pair_id, example.source)
     prompt_text = _template(tokenizer, example.messages, example.source, add_generation_prompt=True)
     answer = example.opening + example.response
     full_text = _template(
@@ -90,6 +112,7 @@ def render_all(tokenizer, examples, data_config) -> list:
             max_response_tokens=data_config.max_response_tokens,
             max_retain_tokens=data_config.max_retain_tokens,
             end_of_turn=data_config.response_end_of_turn,
+            retain_window=data_config.retain_window,
         )
         for example in examples
     ]
