@@ -54,16 +54,15 @@ def _without_end_of_turn(response_text: str, example: Example) -> str:
     return response_text[: at + len(answer)]
 
 
-def _keep_last_answer(tokenizer, example: Example, window: int) -> list:
-    """A retain conversation cut to ``window`` tokens around its last assistant turn: the
-    context before it loses its beginning, the answer its end. When both are longer than
-    half the window each keeps half; otherwise the shorter is whole and the longer fills
-    the rest."""
+def _keep_last_answer(tokenizer, example: Example, whole_text: str, window: int) -> list:
+    """A retain conversation, rendered whole as ``whole_text``, cut to ``window`` tokens
+    around its last assistant turn: the context before it loses its beginning, the answer
+    its end. When both are longer than half the window each keeps half; otherwise the
+    shorter is whole and the longer fills the rest."""
     if example.messages[-1].get("role") != "assistant":
         raise DataError("data.retain_window=last_answer needs retain conversations that end with an assistant turn",
                         file=example.source, field="messages", value=example.messages[-1].get("role"))
     context_text = _template(tokenizer, example.messages[:-1], example.source, add_generation_prompt=True)
-    whole_text = _template(tokenizer, example.messages, example.source)
     if not whole_text.startswith(context_text):
         raise DataError("data.retain_window=last_answer needs a chat template that leaves earlier turns as they are; "
                         "this one rewrites them once an answer follows", file=example.source)
@@ -80,9 +79,10 @@ def render_example(
     if min(max_prompt_tokens, max_response_tokens, max_retain_tokens) < 1:
         raise ConfigError("data.max_prompt_tokens, max_response_tokens and max_retain_tokens must be at least 1")
     if example.kind == RETAIN:
-        ids = _ids(tokenizer, _template(tokenizer, example.messages, example.source))
+        text = _template(tokenizer, example.messages, example.source)
+        ids = _ids(tokenizer, text)
         if retain_window == "last_answer" and len(ids) > max_retain_tokens:
-            ids = _keep_last_answer(tokenizer, example, max_retain_tokens)
+            ids = _keep_last_answer(tokenizer, example, text, max_retain_tokens)
         return Rendered(tuple(ids[:max_retain_tokens]), 0, example.kind, example.pair_id, example.source)
     prompt_text = _template(tokenizer, example.messages, example.source, add_generation_prompt=True)
     answer = example.opening + example.response
